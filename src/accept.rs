@@ -1,0 +1,231 @@
+//! Stage 1: the TCP peer, before any TLS: source ranges, connection caps, and which address
+//! a request really comes from.
+//!
+//! Threat model: anyone on the internet can open a TCP connection. Before spending a TLS
+//! handshake on it we check the peer address against the union of every route's ranges (plus
+//! trusted proxies) and cap connections per listener and per source address, so one peer cannot
+//! exhaust file descriptors or handshake CPU. Forwarded-for headers are attacker-controlled:
+//! `X-Forwarded-For` is believed only when the TCP peer is a configured trusted proxy, and
+//! `Forwarded` and `X-Real-IP` are never believed. Not defended here: SYN floods and volumetric
+//! attacks (the kernel's and the network's job), and spoofing by a trusted proxy.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::listeners::ConnectionFilter;
+
+use crate::config::IpSet;
+use crate::metrics::Metrics;
+
+/// pingora's pre-TLS filter: refuses peers outside every route's ranges.
+pub struct SourceFilter {
+    listener: String,
+    admitted: Arc<ArcSwap<IpSet>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for SourceFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceFilter")
+            .field("listener", &self.listener)
+            .finish()
+    }
+}
+
+impl SourceFilter {
+    pub fn new(listener: String, admitted: Arc<ArcSwap<IpSet>>, metrics: Arc<Metrics>) -> Self {
+        SourceFilter {
+            listener,
+            admitted,
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for SourceFilter {
+    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
+        let ok = addr.is_some_and(|a| self.admitted.load().contains(a.ip()));
+        if !ok {
+            self.metrics.connection_refused(&self.listener, "source_ip");
+            tracing::debug!(listener = %self.listener, peer = ?addr, "connection refused: source address not admitted");
+        }
+        ok
+    }
+}
+
+/// Caps open connections per listener and per source address.
+pub struct ConnectionCaps {
+    open: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Held for the life of a connection; releases its slots when dropped.
+pub struct ConnectionSlot {
+    caps: Arc<ConnectionCaps>,
+    ip: IpAddr,
+}
+
+/// Why a connection was refused before TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapExceeded {
+    Listener,
+    Source,
+}
+
+impl CapExceeded {
+    pub fn reason(self) -> &'static str {
+        match self {
+            CapExceeded::Listener => "listener_limit",
+            CapExceeded::Source => "per_source_limit",
+        }
+    }
+}
+
+impl ConnectionCaps {
+    pub fn new() -> Arc<Self> {
+        Arc::new(ConnectionCaps {
+            open: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Take a slot for `ip`, or say which cap is full.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_source: usize,
+    ) -> Result<ConnectionSlot, CapExceeded> {
+        let ip = ip.to_canonical();
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(CapExceeded::Listener);
+        }
+        let mut map = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max_per_source {
+            drop(map);
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(CapExceeded::Source);
+        }
+        *n += 1;
+        Ok(ConnectionSlot {
+            caps: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .caps
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        drop(map);
+        self.caps.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The address a request comes from: the TCP peer, unless the peer is a trusted proxy, in
+/// which case the right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
+/// A trusted proxy that sends no usable header leaves the peer as the client (and the route's
+/// own ranges then decide).
+pub fn client_ip<'a>(peer: IpAddr, xff: impl Iterator<Item = &'a [u8]>, trusted: &IpSet) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in xff {
+        let Ok(s) = std::str::from_utf8(value) else {
+            return peer;
+        };
+        for part in s.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip.to_canonical()),
+                Err(_) => return peer,
+            }
+        }
+    }
+    hops.iter()
+        .rev()
+        .find(|ip| !trusted.contains(**ip))
+        .copied()
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ranges::parse_cidr;
+
+    fn set(c: &[&str]) -> IpSet {
+        IpSet::new(c.iter().map(|s| parse_cidr(s).unwrap()).collect())
+    }
+
+    #[test]
+    fn ignores_forwarded_for_from_untrusted_peer() {
+        let ip = client_ip(
+            "198.51.100.7".parse().unwrap(),
+            [&b"13.108.0.1"[..]].into_iter(),
+            &set(&["10.0.0.0/8"]),
+        );
+        assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn believes_rightmost_untrusted_hop_from_trusted_proxy() {
+        let xff = [&b"1.2.3.4, 13.108.0.1"[..], &b"10.0.0.9"[..]];
+        let ip = client_ip(
+            "10.0.0.2".parse().unwrap(),
+            xff.into_iter(),
+            &set(&["10.0.0.0/8"]),
+        );
+        assert_eq!(ip, "13.108.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn garbage_forwarded_for_leaves_the_peer() {
+        let ip = client_ip(
+            "10.0.0.2".parse().unwrap(),
+            [&b"13.108.0.1, banana"[..]].into_iter(),
+            &set(&["10.0.0.0/8"]),
+        );
+        assert_eq!(ip, "10.0.0.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn caps_per_source_and_total_and_releases_on_drop() {
+        let caps = ConnectionCaps::new();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = caps.admit(a, 3, 1).unwrap();
+        assert_eq!(caps.admit(a, 3, 1).err(), Some(CapExceeded::Source));
+        let s2 = caps.admit(b, 2, 1).unwrap();
+        assert_eq!(
+            caps.admit("127.0.0.3".parse().unwrap(), 2, 1).err(),
+            Some(CapExceeded::Listener)
+        );
+        drop(s1);
+        assert!(caps.admit(a, 3, 1).is_ok());
+        drop(s2);
+        assert_eq!(caps.open(), 0);
+    }
+}

@@ -1,0 +1,286 @@
+//! The audit trail: one JSON line per message, written after the message's fate is decided.
+//!
+//! Threat model: the file is read by operators and shipped to log stores, so it must never
+//! hold a secret. A record carries identifiers only (org, action, notification ids, sObject
+//! types, certificate fingerprint and subject) and whether a session id was present, never
+//! its value, a token, or any field value of the notification.
+//!
+//! Failure policy: an audit write that fails is logged at error level here and counted by
+//! the caller (which owns [`crate::metrics::Metrics`]); the message is still answered
+//! truthfully. We fail open for the audit trail because refusing would make Salesforce retry a
+//! message the receiver already accepted, and duplicate deliveries hurt operators more than a
+//! gap in an audit file that is reported loudly.
+//!
+//! Deliberately not done: no reopen on SIGHUP or reload. The file is opened in append mode,
+//! so rotation with `copytruncate` works; rotation by rename needs a restart.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// What the message's `SessionId` element held (as received, before any rewrite).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionIdSeen {
+    /// A session id value was present.
+    Value,
+    /// `<SessionId xsi:nil="true"/>`.
+    Nil,
+    /// `<SessionId></SessionId>`.
+    Empty,
+    /// No `SessionId` element.
+    Absent,
+    /// The message was not parsed (refused earlier, or unparsable).
+    Unknown,
+}
+
+/// One line of the audit file. Identifiers only: never a session id value, token or field.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When the decision was made: RFC 3339 UTC with milliseconds ([`timestamp`]).
+    pub time: String,
+    /// The request id also used in logs.
+    pub request_id: String,
+    /// The route's name, `-` when no route matched.
+    pub route: String,
+    /// `ip:port` of the TCP peer.
+    pub peer: String,
+    /// The client address after trusted-proxy evaluation.
+    pub client_ip: String,
+    /// SHA-256 (hex) of the client certificate's DER.
+    pub client_cert_sha256: Option<String>,
+    /// The client certificate's subject.
+    pub client_cert_subject: Option<String>,
+    /// `OrganizationId` as found in the message.
+    pub organization_id: Option<String>,
+    /// `ActionId` as found in the message.
+    pub action_id: Option<String>,
+    /// Each `Notification/Id`.
+    pub notification_ids: Vec<String>,
+    /// Each distinct sObject type (`Account`, ...).
+    pub sobject_types: Vec<String>,
+    /// What the `SessionId` element held.
+    pub session_id: SessionIdSeen,
+    /// What the policy did: stripped, removed, rejected, audited, injected or kept.
+    pub session_action: Option<String>,
+    /// The route's session id mode: strip, remove, reject, audit or inject.
+    pub mode: Option<String>,
+    /// acked, nacked, rejected, upstream_error or token_unavailable.
+    pub decision: String,
+    /// The rejection or failure reason label.
+    pub reason: Option<String>,
+    /// The receiver's HTTP status, when it answered.
+    pub upstream_status: Option<u16>,
+    /// The receiver's Ack, when one was parsed.
+    pub ack: Option<bool>,
+    /// Total time spent on the message, milliseconds.
+    pub duration_ms: f64,
+    /// Time the receiver took, milliseconds.
+    pub upstream_ms: Option<f64>,
+}
+
+/// Opening or writing the audit file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The configured audit file cannot be opened.
+    #[error("cannot open audit file {path}: {source}; check that its directory exists and is writable by obmguard, or set audit to \"-\" for stdout")]
+    Open {
+        /// The configured path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A record could not be written (disk full, file removed, ...).
+    #[error("cannot write audit record: {0}; check free space and the audit file's permissions")]
+    Write(#[source] std::io::Error),
+    /// A record could not be serialized (a bug: every field is serializable).
+    #[error("cannot serialize audit record (a bug in obmguard, please report it): {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// The audit sink: stdout or a file in append mode; lines never interleave.
+pub struct AuditLog {
+    sink: Mutex<Box<dyn Write + Send>>,
+}
+
+impl AuditLog {
+    /// Open the sink named in the config: `-` for stdout, else a path (created if missing,
+    /// mode 0640, appended to).
+    pub fn open(spec: &str) -> Result<AuditLog, AuditError> {
+        let sink: Box<dyn Write + Send> = if spec == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            let mut opts = OpenOptions::new();
+            opts.append(true).create(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o640);
+            Box::new(opts.open(spec).map_err(|source| AuditError::Open {
+                path: PathBuf::from(spec),
+                source,
+            })?)
+        };
+        Ok(AuditLog {
+            sink: Mutex::new(sink),
+        })
+    }
+
+    /// Append `rec` as one line and flush. On error, logs at error level and returns it; the
+    /// caller counts it ([`crate::metrics::Metrics::audit_write_failure`]) and carries on.
+    pub fn write(&self, rec: &AuditRecord) -> Result<(), AuditError> {
+        let result = self.write_line(rec);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, request_id = %rec.request_id, "audit record lost");
+        }
+        result
+    }
+
+    fn write_line(&self, rec: &AuditRecord) -> Result<(), AuditError> {
+        let mut line = serde_json::to_vec(rec)?;
+        line.push(b'\n');
+        // A panic elsewhere while holding the lock does not make the sink unusable.
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        sink.write_all(&line).map_err(AuditError::Write)?;
+        sink.flush().map_err(AuditError::Write)
+    }
+}
+
+/// `t` as RFC 3339 UTC with milliseconds, e.g. `2026-03-02T09:15:04.123Z`. Fixed width, so
+/// records sort and compare as strings.
+pub fn timestamp(t: SystemTime) -> String {
+    let t = OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn record(request_id: &str) -> AuditRecord {
+        AuditRecord {
+            time: timestamp(UNIX_EPOCH + Duration::from_millis(1_772_442_904_123)),
+            request_id: request_id.into(),
+            route: "orders".into(),
+            peer: "203.0.113.7:51234".into(),
+            client_ip: "203.0.113.7".into(),
+            client_cert_sha256: Some("ab".repeat(32)),
+            client_cert_subject: Some("CN=acme.my.salesforce.com".into()),
+            organization_id: Some("00D5e000000AbCdEAK".into()),
+            action_id: Some("04k5e000000XyZaAAK".into()),
+            notification_ids: vec!["04l5e00000AbCdEAAV".into()],
+            sobject_types: vec!["Account".into()],
+            session_id: SessionIdSeen::Value,
+            session_action: Some("stripped".into()),
+            mode: Some("strip".into()),
+            decision: "acked".into(),
+            reason: None,
+            upstream_status: Some(200),
+            ack: Some(true),
+            duration_ms: 12.5,
+            upstream_ms: Some(10.0),
+        }
+    }
+
+    #[test]
+    fn timestamp_is_rfc3339_utc_with_milliseconds() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_772_442_904_123);
+        assert_eq!(timestamp(t), "2026-03-02T09:15:04.123Z");
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn appends_one_json_line_per_record_that_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let spec = path.to_str().unwrap();
+        AuditLog::open(spec).unwrap().write(&record("r1")).unwrap();
+        // A second open appends rather than truncating.
+        AuditLog::open(spec).unwrap().write(&record("r2")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(text.ends_with('\n'));
+        let back: AuditRecord = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(back, record("r2"));
+        assert!(lines[0].contains(r#""session_id":"value""#));
+    }
+
+    #[test]
+    fn open_reports_the_path_when_the_directory_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("audit.jsonl");
+        let Err(err) = AuditLog::open(path.to_str().unwrap()) else {
+            panic!("opening under a missing directory must fail");
+        };
+        assert!(err.to_string().contains("no-such-dir"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn creates_the_file_without_world_access() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        AuditLog::open(path.to_str().unwrap()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o007, 0);
+    }
+
+    #[test]
+    fn concurrent_writers_never_interleave_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(path.to_str().unwrap()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..200 {
+                        log.write(&record(&format!("t{t}-{i}"))).unwrap();
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut n = 0;
+        for line in text.lines() {
+            serde_json::from_str::<AuditRecord>(line).unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 800);
+    }
+
+    #[test]
+    fn write_failure_is_returned_to_the_caller() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = AuditLog {
+            sink: Mutex::new(Box::new(Full)),
+        };
+        assert!(matches!(
+            log.write(&record("r1")),
+            Err(AuditError::Write(_))
+        ));
+    }
+}

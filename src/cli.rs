@@ -1,0 +1,70 @@
+//! The command line: `serve`, `check`, `token`, `report`, `import-ranges` (and `demo`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "obmguard",
+    version,
+    about = "A verifying reverse proxy for Salesforce Outbound Messages"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, default_value = "obmguard.toml")]
+        config: PathBuf,
+        /// Take over the listening sockets of a running obmguard (pingora graceful upgrade;
+        /// send SIGQUIT to the old process after starting this one).
+        #[arg(long)]
+        upgrade: bool,
+        /// Unix socket used to hand listening sockets over during an upgrade.
+        #[arg(long, default_value = "/tmp/obmguard_upgrade.sock")]
+        upgrade_sock: String,
+    },
+    /// Validate the configuration exactly as `serve` would, open every file it names, and
+    /// exit non-zero on any error.
+    Check {
+        #[arg(long, default_value = "obmguard.toml")]
+        config: PathBuf,
+    },
+    /// Fetch one OAuth token for a route and print instance_url, issued_at and its length.
+    Token {
+        #[arg(long, default_value = "obmguard.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+    },
+    /// Summarise an audit file: which orgs and actions still send session ids.
+    Report {
+        #[arg(long)]
+        audit: PathBuf,
+        #[arg(long, default_value = "table")]
+        format: crate::report::Format,
+    },
+    /// Validate a downloaded Salesforce ip-ranges.json and write it where @salesforce reads it.
+    ImportRanges {
+        /// The downloaded https://ip-ranges.salesforce.com/ip-ranges.json.
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to write it (e.g. policies/salesforce-ip-ranges.json).
+        #[arg(long)]
+        to: PathBuf,
+    },
+}

@@ -1,0 +1,299 @@
+//! What each subcommand does. `serve` wires the stages into a pingora server; the others are
+//! short operator tools. Exit codes: 0 success, 1 the thing checked is wrong, 2 cannot run.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use crate::cli::{Command, LogFormat};
+use crate::config::{self, Config};
+use crate::lifecycle::{DrainOnSignal, ReadyProbe};
+use crate::metrics::Metrics;
+use crate::proxy::Listener;
+use crate::reload::Reloader;
+use crate::runtime::Runtime;
+
+/// tracing to stderr, text or JSON, filtered by RUST_LOG (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+    };
+}
+
+pub fn run(cmd: Command) -> i32 {
+    match cmd {
+        Command::Serve {
+            config,
+            upgrade,
+            upgrade_sock,
+        } => serve(&config, upgrade, upgrade_sock),
+        Command::Check { config } => check(&config),
+        Command::Token { config, route } => token(&config, &route),
+        Command::Report { audit, format } => {
+            let mut out = std::io::stdout().lock();
+            match crate::report::run(&audit, format, &mut out) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("obmguard report: {e}");
+                    2
+                }
+            }
+        }
+        Command::ImportRanges { from, to } => import_ranges(&from, &to),
+    }
+}
+
+fn load_or_print(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("  warning: {w}");
+            }
+            Some(c)
+        }
+        Err(p) => {
+            eprint!("{p}");
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> i32 {
+    match load_or_print(path) {
+        Some(c) => {
+            println!(
+                "{}: OK: {} route(s): {}",
+                path.display(),
+                c.routes.len(),
+                route_summary(&c)
+            );
+            0
+        }
+        None => 1,
+    }
+}
+
+fn route_summary(c: &Config) -> String {
+    let mut routes: Vec<String> = c
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} -> {} ({})",
+                r.name,
+                r.path,
+                r.upstream.url,
+                r.message.session_id.as_str()
+            )
+        })
+        .collect();
+    routes.sort();
+    routes.join("; ")
+}
+
+fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
+    let Some(cfg) = load_or_print(path) else {
+        return 2;
+    };
+    if !upgrade {
+        // pingora panics on a port it cannot bind: find out first and say so plainly.
+        let admin = cfg.server.admin_listen.into_iter();
+        for addr in cfg.server.listen.iter().copied().chain(admin) {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                eprintln!("obmguard: cannot listen on {addr}: {e}");
+                return 2;
+            }
+        }
+    }
+    let metrics = match Metrics::new() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            eprintln!("obmguard: {e}");
+            return 2;
+        }
+    };
+    let listen = cfg.server.listen.clone();
+    let admin_addr = cfg.server.admin_listen;
+    let threads = cfg.server.threads;
+    let summary = route_summary(&cfg);
+    let nroutes = cfg.routes.len();
+    let rt = match Runtime::new(cfg, metrics) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("obmguard: {e}");
+            return 2;
+        }
+    };
+
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    for addr in &listen {
+        let name = addr.to_string();
+        let mut svc = Service::new(
+            format!("obmguard {name}"),
+            Listener::new(rt.clone(), name.clone()),
+        );
+        svc.add_tcp(&name);
+        svc.set_connection_filter(Arc::new(crate::accept::SourceFilter::new(
+            name,
+            rt.admitted.clone(),
+            rt.metrics.clone(),
+        )));
+        server.add_service(svc);
+    }
+    let mut ports: Vec<u16> = listen.iter().map(|a| a.port()).collect();
+    if let Some(a) = admin_addr {
+        let mut svc = Service::new(
+            "obmguard admin".to_string(),
+            crate::admin::Admin::new(rt.clone()),
+        );
+        svc.add_tcp(&a.to_string());
+        server.add_service(svc);
+        ports.push(a.port());
+    }
+    server.add_service(background_service(
+        "ready probe",
+        ReadyProbe {
+            rt: rt.clone(),
+            ports,
+        },
+    ));
+    server.add_service(background_service(
+        "reload",
+        Reloader {
+            rt: rt.clone(),
+            config_file: path.to_path_buf(),
+        },
+    ));
+
+    let addrs: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        listen = %addrs.join(", "),
+        admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        routes = nroutes,
+        "obmguard serving: {summary}"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainOnSignal { rt }),
+    });
+    tracing::info!("obmguard stopped");
+    0
+}
+
+fn token(path: &Path, route: &str) -> i32 {
+    let Some(cfg) = load_or_print(path) else {
+        return 2;
+    };
+    let Some(r) = cfg.routes.by_name(route) else {
+        eprintln!("obmguard token: no route named {route}");
+        return 2;
+    };
+    let Some(oauth) = &r.oauth else {
+        eprintln!("obmguard token: route {route} has no [oauth] table");
+        return 2;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("obmguard token: {e}");
+            return 2;
+        }
+    };
+    let broker = crate::token::TokenBroker::new(Arc::new(|_, _| {}));
+    let source = broker.source(&oauth.settings);
+    match runtime.block_on(source.fetch_once()) {
+        Ok(t) => {
+            println!("instance_url: {}", t.instance_url);
+            println!(
+                "issued_at: {}",
+                t.issued_at_ms
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+            println!("token length: {}", t.access_token.len());
+            0
+        }
+        Err(e) => {
+            eprintln!("obmguard token: {e}");
+            1
+        }
+    }
+}
+
+fn import_ranges(from: &Path, to: &Path) -> i32 {
+    let text = match std::fs::read_to_string(from) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "obmguard import-ranges: cannot read {}: {e}",
+                from.display()
+            );
+            return 2;
+        }
+    };
+    let set = match config::ranges::parse_salesforce_ranges(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "obmguard import-ranges: {}: {e}; nothing written",
+                from.display()
+            );
+            return 1;
+        }
+    };
+    let mut doc: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("obmguard import-ranges: {e}");
+            return 1;
+        }
+    };
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert(
+            "_comment".into(),
+            serde_json::Value::String(format!(
+                "Imported by obmguard import-ranges from {} on {}; source: https://ip-ranges.salesforce.com/ip-ranges.json",
+                from.display(),
+                crate::audit::timestamp(std::time::SystemTime::now())
+            )),
+        );
+    }
+    let out = serde_json::to_string_pretty(&doc).unwrap_or(text);
+    if let Err(e) = std::fs::write(to, out + "\n") {
+        eprintln!("obmguard import-ranges: cannot write {}: {e}", to.display());
+        return 2;
+    }
+    let (v4, v6) = set.nets().iter().fold((0, 0), |(a, b), n| {
+        if matches!(n, ipnet::IpNet::V4(_)) {
+            (a + 1, b)
+        } else {
+            (a, b + 1)
+        }
+    });
+    println!("{}: {v4} IPv4 and {v6} IPv6 prefixes written", to.display());
+    0
+}

@@ -1,0 +1,164 @@
+//! The configuration files exactly as written: serde structs that mirror `obmguard.toml` and
+//! one route policy file, with byte spans so that validation can name the line of each key.
+//!
+//! Nothing here is trusted or interpreted; [`super::build`] turns these into runtime types.
+//! Every table denies unknown keys, so a typo is an error rather than a silently ignored rule.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+/// `obmguard.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    pub server: ServerSection,
+    pub client_cert: Option<S<ClientCertSection>>,
+    #[serde(default)]
+    pub source: GlobalSourceSection,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub listen: S<Vec<S<String>>>,
+    pub tls_cert: S<String>,
+    pub tls_key: S<String>,
+    pub admin_listen: Option<S<String>>,
+    pub policies: Option<S<String>>,
+    pub audit_log: Option<S<String>>,
+    pub threads: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertSection {
+    pub ca_bundle: Option<S<String>>,
+    #[serde(default)]
+    pub pin_sha256: Vec<S<String>>,
+    #[serde(default)]
+    pub pin_spki_sha256: Vec<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalSourceSection {
+    #[serde(default)]
+    pub allow: Vec<S<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<S<String>>,
+    /// A copy of Salesforce's `ip-ranges.json` to use for `@salesforce` instead of the
+    /// built-in one.
+    pub salesforce_ranges: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    pub tls_handshake_ms: Option<S<i64>>,
+    pub request_head_ms: Option<S<i64>>,
+    pub request_body_ms: Option<S<i64>>,
+    pub idle_keepalive_ms: Option<S<i64>>,
+    pub response_write_ms: Option<S<i64>>,
+    pub upstream_connect_ms: Option<S<i64>>,
+    pub drain_ms: Option<S<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_connections: Option<S<i64>>,
+    pub max_connections_per_source: Option<S<i64>>,
+    pub max_inflight_per_route: Option<S<i64>>,
+    pub max_header_count: Option<S<i64>>,
+    pub max_header_bytes: Option<S<i64>>,
+    pub upstream_pool_size: Option<S<i64>>,
+    pub upstream_idle_ms: Option<S<i64>>,
+    pub max_response_bytes: Option<S<i64>>,
+}
+
+/// One file under `policies/`: one route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: S<String>,
+    pub path: S<String>,
+    pub upstream: S<String>,
+    pub upstream_timeout_ms: Option<S<i64>>,
+    /// PEM file of CAs trusted for an `https://` upstream instead of the system roots.
+    pub upstream_ca: Option<S<String>>,
+    pub max_inflight: Option<S<i64>>,
+    pub identity: Option<S<IdentitySection>>,
+    pub source: Option<S<RouteSourceSection>>,
+    pub message: S<MessageSection>,
+    pub oauth: Option<S<OAuthSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    #[serde(default)]
+    pub subject_cn: Vec<S<String>>,
+    #[serde(default)]
+    pub pin_sha256: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSourceSection {
+    pub allow: S<Vec<S<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSection {
+    pub organization_ids: Option<S<Vec<S<String>>>>,
+    #[serde(default)]
+    pub action_ids: Vec<S<String>>,
+    pub max_body_bytes: Option<S<i64>>,
+    pub session_id: Option<S<String>>,
+    pub max_depth: Option<S<i64>>,
+    pub max_attributes: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSection {
+    pub flow: S<String>,
+    pub token_url: S<String>,
+    pub client_id: S<SecretSource>,
+    pub client_secret: Option<S<SecretSource>>,
+    pub client_auth: Option<S<String>>,
+    pub username: Option<S<String>>,
+    pub private_key: Option<S<SecretSource>>,
+    pub audience: Option<S<String>>,
+    pub ttl_seconds: Option<S<i64>>,
+    pub rewrite_urls: Option<bool>,
+    pub header: Option<bool>,
+    pub connect_timeout_ms: Option<S<i64>>,
+    pub timeout_ms: Option<S<i64>>,
+}
+
+/// Where a value comes from: `{ env = "NAME" }`, `{ file = "/path" }` or `{ value = "..." }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    pub env: Option<String>,
+    pub file: Option<String>,
+    pub value: Option<String>,
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretSource")
+            .field("env", &self.env)
+            .field("file", &self.file)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}

@@ -1,0 +1,197 @@
+//! Configuration: `obmguard.toml` plus a directory of route policies, turned into validated
+//! runtime types. Stage code never sees a raw string from a file.
+//!
+//! [`load`] is the one entry point: `check`, `serve` and live reload all call it, so they
+//! accept and refuse exactly the same files. It reports every problem in one pass, each with
+//! file, line and key and what to change, and opens every certificate, key and secret the
+//! configuration names. It never prints a value from a file that could be a secret.
+
+mod build;
+pub mod diag;
+pub mod file;
+pub mod ranges;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+
+pub use diag::{Problem, Problems};
+pub use ranges::IpSet;
+
+use crate::identity::IdentityRule;
+use crate::sfid::SfId;
+
+/// A whole, validated configuration: what one policy generation enforces.
+#[derive(Debug)]
+pub struct Config {
+    /// The `obmguard.toml` this was loaded from.
+    pub file: PathBuf,
+    pub server: Server,
+    pub trust: ClientTrust,
+    pub source: Source,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub routes: Routes,
+    /// Non-fatal findings, printed by `check` and `serve`.
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// The parsed chain, leaf first, and its key (checked to belong together).
+    pub certified_key: Arc<rustls::sign::CertifiedKey>,
+    /// `not_after` of the leaf (Unix seconds), for the expiry metric.
+    pub cert_not_after: i64,
+    pub cert_subject: String,
+    pub admin_listen: Option<SocketAddr>,
+    pub policies_dir: PathBuf,
+    /// "-" for standard output, otherwise a file path.
+    pub audit_log: String,
+    pub threads: usize,
+}
+
+/// Who may complete the TLS handshake: certificates chaining to `roots`, or pinned ones.
+#[derive(Debug, Clone)]
+pub struct ClientTrust {
+    pub roots: Vec<CertificateDer<'static>>,
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of whole certificates (DER).
+    pub pins: Vec<[u8; 32]>,
+    /// SHA-256 of SubjectPublicKeyInfo (DER).
+    pub spki_pins: Vec<[u8; 32]>,
+    /// (name, not_after unix) of each CA, for the expiry metric.
+    pub ca_expiry: Vec<(String, i64)>,
+}
+
+#[derive(Debug)]
+pub struct Source {
+    /// Everyone any route admits, plus trusted proxies: enforced before the TLS handshake.
+    pub admitted: IpSet,
+    /// Peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: IpSet,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub tls_handshake: Duration,
+    pub request_head: Duration,
+    pub request_body: Duration,
+    pub idle_keepalive: Duration,
+    pub response_write: Duration,
+    pub upstream_connect: Duration,
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub upstream_pool_size: usize,
+    pub upstream_idle: Duration,
+    pub max_response_bytes: usize,
+}
+
+/// Routes by exact path.
+#[derive(Debug, Default)]
+pub struct Routes {
+    by_path: HashMap<String, Arc<Route>>,
+}
+
+impl Routes {
+    pub fn get(&self, path: &str) -> Option<&Arc<Route>> {
+        self.by_path.get(path)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_path.values()
+    }
+    pub fn len(&self) -> usize {
+        self.by_path.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Route>> {
+        self.by_path.values().find(|r| r.name == name)
+    }
+}
+
+/// One route: a path, who may use it, what its messages may hold, and where they go.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub path: String,
+    pub file: PathBuf,
+    pub upstream: Upstream,
+    pub upstream_timeout: Duration,
+    pub max_inflight: usize,
+    pub identity: Option<IdentityRule>,
+    /// The effective source ranges (the route's own, or the global `[source] allow`).
+    pub source: IpSet,
+    pub message: MessagePolicy,
+    pub oauth: Option<RouteOAuth>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub url: url::Url,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query sent in the request line.
+    pub path_and_query: String,
+    /// CAs for an https upstream; `None` means the system roots.
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+}
+
+#[derive(Debug)]
+pub struct MessagePolicy {
+    pub organizations: HashSet<SfId>,
+    /// `None`: any action.
+    pub actions: Option<HashSet<SfId>>,
+    pub max_body_bytes: usize,
+    pub session_id: SessionMode,
+    pub xml: crate::soap::Limits,
+}
+
+/// What a route does with a SessionId that has a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    Strip,
+    Remove,
+    Reject,
+    Audit,
+    Inject,
+}
+
+impl SessionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Strip => "strip",
+            SessionMode::Remove => "remove",
+            SessionMode::Reject => "reject",
+            SessionMode::Audit => "audit",
+            SessionMode::Inject => "inject",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RouteOAuth {
+    pub settings: crate::token::OAuthSettings,
+    pub rewrite_urls: bool,
+    pub header: bool,
+}
+
+/// Load and validate `obmguard.toml` and every policy it names.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    build::load(path)
+}

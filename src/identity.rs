@@ -1,0 +1,177 @@
+//! Stage 3: what the verified client certificate says, and the route's `[identity]` rule.
+//!
+//! Threat model: the TLS stage has already proved the peer holds the key of a certificate
+//! that chains to a trusted CA or is pinned. Several Salesforce orgs (or other tenants of a
+//! shared CA) may hold such certificates, so a route can narrow who may use it by subject
+//! common name or by pinning the exact certificate. Parsing is done by x509-parser on bytes
+//! that the handshake accepted; a certificate it cannot parse, or whose subject carries more
+//! than one common name (which name would a rule mean?), is refused, never guessed at.
+//! Not defended here: revocation (no CRL/OCSP; rotate pins instead).
+
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::*;
+
+/// The client certificate of one connection, parsed once after the handshake.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// SHA-256 of the leaf's DER.
+    pub sha256: [u8; 32],
+    pub sha256_hex: String,
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo.
+    pub spki_sha256: [u8; 32],
+    /// RFC 4514 subject, for logs and the audit trail.
+    pub subject: String,
+    /// The subject's common name (exactly one; see the module doc).
+    pub common_name: Option<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("the client certificate could not be parsed")]
+    Unparseable,
+    #[error("the client certificate's subject has {0} common names; exactly one is allowed")]
+    SeveralCommonNames(usize),
+}
+
+impl IdentityError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IdentityError::Unparseable => "bad_encoding",
+            IdentityError::SeveralCommonNames(_) => "ambiguous_subject",
+        }
+    }
+}
+
+impl PeerIdentity {
+    pub fn from_der(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
+        let (rest, cert) =
+            X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
+        if !rest.is_empty() {
+            return Err(IdentityError::Unparseable);
+        }
+        let subject = cert.subject();
+        let cns: Vec<_> = subject.iter_common_name().collect();
+        let common_name = match cns.len() {
+            0 => None,
+            1 => Some(
+                cns[0]
+                    .as_str()
+                    .map_err(|_| IdentityError::Unparseable)?
+                    .to_string(),
+            ),
+            n => return Err(IdentityError::SeveralCommonNames(n)),
+        };
+        let sha256: [u8; 32] = Sha256::digest(der).into();
+        let spki_sha256: [u8; 32] = Sha256::digest(cert.public_key().raw).into();
+        Ok(PeerIdentity {
+            sha256,
+            sha256_hex: hex::encode(sha256),
+            spki_sha256,
+            subject: subject.to_string(),
+            common_name,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+/// A route's `[identity]` table: every listed condition must hold.
+#[derive(Debug, Clone)]
+pub struct IdentityRule {
+    subject_cn: Vec<String>,
+    pins: Vec<[u8; 32]>,
+}
+
+/// Why a verified certificate may not use a route (said to the operator in the fault).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityDenied {
+    #[error("the client certificate's common name is not one this route accepts")]
+    CommonName,
+    #[error("the client certificate is not one this route pins")]
+    NotPinned,
+}
+
+impl IdentityRule {
+    pub fn new(subject_cn: Vec<String>, pins: Vec<[u8; 32]>) -> Self {
+        IdentityRule { subject_cn, pins }
+    }
+
+    pub fn check(&self, peer: &PeerIdentity) -> Result<(), IdentityDenied> {
+        if !self.pins.is_empty() && !self.pins.contains(&peer.sha256) {
+            return Err(IdentityDenied::NotPinned);
+        }
+        if !self.subject_cn.is_empty() {
+            let ok = peer.common_name.as_deref().is_some_and(|cn| {
+                self.subject_cn
+                    .iter()
+                    .any(|want| want.eq_ignore_ascii_case(cn))
+            });
+            if !ok {
+                return Err(IdentityDenied::CommonName);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+    fn cert_with(cns: &[&str]) -> Vec<u8> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Salesforce");
+        for cn in cns {
+            dn.push(DnType::CommonName, *cn);
+        }
+        p.distinguished_name = dn;
+        let key = KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn parses_common_name_and_fingerprint() {
+        let der = cert_with(&["proxy.salesforce.com"]);
+        let id = PeerIdentity::from_der(&der).unwrap();
+        assert_eq!(id.common_name.as_deref(), Some("proxy.salesforce.com"));
+        assert_eq!(id.sha256_hex, hex::encode(Sha256::digest(&der)));
+        assert!(id.subject.contains("proxy.salesforce.com"));
+    }
+
+    #[test]
+    fn refuses_garbage_without_panicking() {
+        assert_eq!(
+            PeerIdentity::from_der(b"\x30\x03\x02\x01").unwrap_err(),
+            IdentityError::Unparseable
+        );
+        assert_eq!(
+            PeerIdentity::from_der(&[]).unwrap_err(),
+            IdentityError::Unparseable
+        );
+        let mut der = cert_with(&["a"]);
+        der.push(0);
+        assert_eq!(
+            PeerIdentity::from_der(&der).unwrap_err(),
+            IdentityError::Unparseable
+        );
+    }
+
+    #[test]
+    fn rule_checks_cn_case_insensitively_and_pins() {
+        let der = cert_with(&["Proxy.Salesforce.com"]);
+        let id = PeerIdentity::from_der(&der).unwrap();
+        let rule = IdentityRule::new(vec!["proxy.salesforce.com".into()], vec![]);
+        assert!(rule.check(&id).is_ok());
+        let rule = IdentityRule::new(vec!["other.example".into()], vec![]);
+        assert_eq!(rule.check(&id), Err(IdentityDenied::CommonName));
+        let rule = IdentityRule::new(vec![], vec![[0u8; 32]]);
+        assert_eq!(rule.check(&id), Err(IdentityDenied::NotPinned));
+        let rule = IdentityRule::new(vec!["proxy.salesforce.com".into()], vec![id.sha256]);
+        assert!(rule.check(&id).is_ok());
+    }
+}

@@ -1,0 +1,178 @@
+//! Stage 4a: the HTTP request around the notification: head checks and bounded buffering of
+//! the body.
+//!
+//! Threat model: the peer passed mTLS but may still be hostile or broken. pingora keeps a
+//! request with both Content-Length and Transfer-Encoding (Transfer-Encoding wins), a classic
+//! smuggling shape, so we refuse it. pingora has no body limit, so we count bytes ourselves:
+//! a declared length over the route's limit is refused before a byte of body is read, a
+//! chunked body as soon as it crosses the limit, and the whole body must arrive within one
+//! deadline (not per read), so dripping bytes cannot hold a slot forever.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora_core::protocols::http::ServerSession;
+use pingora_http::RequestHeader;
+
+use crate::config::Limits;
+use crate::reject::Rejection;
+
+/// The request path without its query string: routes match it exactly.
+pub fn path(req: &RequestHeader) -> &str {
+    req.uri.path()
+}
+
+/// Refuse request shapes we never forward, before looking at the body.
+pub fn check_framing(req: &RequestHeader, limits: &Limits) -> Result<(), Rejection> {
+    let h = &req.headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        && h.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err(Rejection::AmbiguousLength);
+    }
+    if h.get_all(http::header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(Rejection::AmbiguousLength);
+    }
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if h.len() > limits.max_header_count || bytes > limits.max_header_bytes {
+        return Err(Rejection::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// POST with a SOAP content type, and a declared length within `max_body`.
+pub fn check_message_head(req: &RequestHeader, max_body: usize) -> Result<(), Rejection> {
+    if req.method != http::Method::POST {
+        return Err(Rejection::Method);
+    }
+    let ct = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !matches!(
+        ct.as_deref(),
+        Some("text/xml") | Some("application/soap+xml")
+    ) {
+        return Err(Rejection::ContentType);
+    }
+    if let Some(v) = req.headers.get(http::header::CONTENT_LENGTH) {
+        let n: u64 = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(Rejection::AmbiguousLength)?;
+        if n > max_body as u64 {
+            return Err(Rejection::BodyTooLarge(max_body));
+        }
+    }
+    Ok(())
+}
+
+/// Read the whole body, at most `max` bytes, within `deadline`.
+pub async fn read_body(
+    session: &mut ServerSession,
+    max: usize,
+    deadline: Duration,
+) -> Result<Bytes, Rejection> {
+    let read = async {
+        let mut buf = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if buf.len() + chunk.len() > max {
+                        return Err(Rejection::BodyTooLarge(max));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(buf.freeze()),
+                Err(_) => return Err(Rejection::BodyIncomplete),
+            }
+        }
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(Rejection::BodyTimeout(deadline.as_secs().max(1))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 10,
+            max_connections_per_source: 10,
+            max_header_count: 8,
+            max_header_bytes: 1024,
+            upstream_pool_size: 1,
+            upstream_idle: Duration::from_secs(1),
+            max_response_bytes: 1024,
+        }
+    }
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/obm", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn refuses_content_length_with_transfer_encoding() {
+        let r = req(&[("Content-Length", "5"), ("Transfer-Encoding", "chunked")]);
+        assert!(matches!(
+            check_framing(&r, &limits()),
+            Err(Rejection::AmbiguousLength)
+        ));
+        let r = req(&[("Content-Length", "5"), ("Content-Length", "6")]);
+        assert!(matches!(
+            check_framing(&r, &limits()),
+            Err(Rejection::AmbiguousLength)
+        ));
+    }
+
+    #[test]
+    fn refuses_too_many_headers() {
+        let many: Vec<(String, String)> = (0..9)
+            .map(|i| (format!("x-h{i}"), "v".to_string()))
+            .collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert!(matches!(
+            check_framing(&req(&refs), &limits()),
+            Err(Rejection::HeadersTooLarge)
+        ));
+    }
+
+    #[test]
+    fn content_type_and_declared_length() {
+        let ok = req(&[
+            ("Content-Type", "text/xml; charset=UTF-8"),
+            ("Content-Length", "100"),
+        ]);
+        assert!(check_message_head(&ok, 100).is_ok());
+        assert!(matches!(
+            check_message_head(&ok, 99),
+            Err(Rejection::BodyTooLarge(99))
+        ));
+        let soap12 = req(&[("Content-Type", "Application/SOAP+XML")]);
+        assert!(check_message_head(&soap12, 100).is_ok());
+        let json = req(&[("Content-Type", "application/json")]);
+        assert!(matches!(
+            check_message_head(&json, 100),
+            Err(Rejection::ContentType)
+        ));
+        assert!(matches!(
+            check_message_head(&req(&[]), 100),
+            Err(Rejection::ContentType)
+        ));
+    }
+}

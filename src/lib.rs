@@ -1,0 +1,29 @@
+//! obmguard: a verifying reverse proxy for Salesforce Outbound Messages.
+//!
+//! The modules follow a message through the proxy; `proxy` holds the phase chart.
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod admin;
+pub mod audit;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod identity;
+pub mod intake;
+pub mod lifecycle;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod record;
+pub mod reject;
+pub mod reload;
+pub mod report;
+pub mod runtime;
+pub mod secret;
+pub mod sfid;
+pub mod soap;
+pub mod testkit;
+pub mod tls;
+pub mod token;
+pub mod upstream;

@@ -1,0 +1,601 @@
+//! Every metric obmguard exports: names, label sets, registration and the text exposition.
+//!
+//! All names are the `pub const`s below, grouped by family, so a dashboard or alert author
+//! reads one file. [`Metrics`] owns its own [`prometheus::Registry`] (never the process-global
+//! default one) and typed handles; stage code calls one method per event.
+//!
+//! Label values must be bounded: callers pass route names from the validated config, listener
+//! names from the config, and the fixed labels in [`outcome`], [`session_action`], [`stage`],
+//! [`cert_kind`] and `reject.rs`. Never pass anything taken from the network (an org id, a
+//! path, a certificate subject that is not in the config): each distinct value is a new time
+//! series held in memory forever.
+//!
+//! Certificate expiry is exported as seconds *remaining*, recomputed on every [`Metrics::render`]
+//! from the stored `notAfter`, so an alert is simply
+//! `obmguard_certificate_expiry_seconds < 14 * 86400` and never goes stale between reloads.
+//!
+//! This module does not serve HTTP: the caller exposes [`Metrics::render`] on its admin
+//! listener with content type [`prometheus::TEXT_FORMAT`].
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+// --- requests and their fate ---
+/// Counter `{route,outcome}`: every message that reached a route, by final outcome.
+pub const REQUESTS_TOTAL: &str = "obmguard_requests_total";
+/// Counter `{route,reason}`: denials; route is `-` before routing (e.g. at connection time).
+pub const REJECTIONS_TOTAL: &str = "obmguard_rejections_total";
+/// Gauge `{route}`: messages currently being handled.
+pub const INFLIGHT_REQUESTS: &str = "obmguard_inflight_requests";
+/// Counter `{route,action}`: what the SessionId policy did (see [`session_action`]).
+pub const SESSION_IDS_TOTAL: &str = "obmguard_session_ids_total";
+/// Counter `{stage}`: timeouts, by stage (see [`stage`]).
+pub const TIMEOUTS_TOTAL: &str = "obmguard_timeouts_total";
+
+// --- connections and TLS ---
+/// Counter `{listener,kind}`: TLS handshakes that failed.
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "obmguard_tls_handshake_failures_total";
+/// Counter `{kind}`: client certificates refused (unknown_issuer, expired, not_pinned, ...).
+pub const CLIENT_CERT_REJECTIONS_TOTAL: &str = "obmguard_client_cert_rejections_total";
+/// Counter `{listener,reason}`: TCP connections closed before TLS (source_ip, limits).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "obmguard_connections_refused_total";
+/// Gauge `{listener}`: connections currently open.
+pub const CONNECTIONS_OPEN: &str = "obmguard_connections_open";
+
+// --- latency ---
+/// Histogram `{route}`: time the receiver took, seconds.
+pub const UPSTREAM_DURATION_SECONDS: &str = "obmguard_upstream_duration_seconds";
+/// Histogram `{outcome}`: time to obtain an OAuth token from the authorization server, seconds.
+pub const TOKEN_FETCH_DURATION_SECONDS: &str = "obmguard_token_fetch_duration_seconds";
+/// Histogram `{route}`: time spent in obmguard itself (total minus upstream), seconds.
+pub const OVERHEAD_DURATION_SECONDS: &str = "obmguard_overhead_duration_seconds";
+
+// --- certificates ---
+/// Gauge `{kind,name}`: seconds until the certificate's notAfter (negative once expired).
+pub const CERTIFICATE_EXPIRY_SECONDS: &str = "obmguard_certificate_expiry_seconds";
+
+// --- policy and process ---
+/// Counter `{outcome}`: policy reloads, `ok` or `error` (the last good policy stays on error).
+pub const POLICY_RELOADS_TOTAL: &str = "obmguard_policy_reloads_total";
+/// Gauge: generation number of the policy in force.
+pub const POLICY_GENERATION: &str = "obmguard_policy_generation";
+/// Gauge: routes in the policy in force.
+pub const ROUTES_LOADED: &str = "obmguard_routes_loaded";
+/// Counter: audit records that could not be written.
+pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "obmguard_audit_write_failures_total";
+/// Gauge `{version}`: always 1; carries the build's version.
+pub const BUILD_INFO: &str = "obmguard_build_info";
+
+/// Histogram buckets, seconds: 0.5 ms to Salesforce's 60 s delivery timeout.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Values of the `outcome` label of [`REQUESTS_TOTAL`] (also the audit record's `decision`).
+pub mod outcome {
+    /// The receiver acknowledged; Salesforce got `<Ack>true</Ack>`.
+    pub const ACKED: &str = "acked";
+    /// The receiver answered but did not acknowledge.
+    pub const NACKED: &str = "nacked";
+    /// obmguard refused the message (see the `reason` label of rejections).
+    pub const REJECTED: &str = "rejected";
+    /// The receiver could not be reached, timed out or answered garbage.
+    pub const UPSTREAM_ERROR: &str = "upstream_error";
+    /// A route in inject mode could not get an OAuth token.
+    pub const TOKEN_UNAVAILABLE: &str = "token_unavailable";
+    /// Every outcome, to pre-create series at zero.
+    pub const ALL: [&str; 5] = [ACKED, NACKED, REJECTED, UPSTREAM_ERROR, TOKEN_UNAVAILABLE];
+}
+
+/// Values of the `action` label of [`SESSION_IDS_TOTAL`].
+pub mod session_action {
+    /// The value was replaced by the nil element.
+    pub const STRIPPED: &str = "stripped";
+    /// The element was deleted.
+    pub const REMOVED: &str = "removed";
+    /// The message was refused because it carried a session id.
+    pub const REJECTED: &str = "rejected";
+    /// The session id was passed through and recorded.
+    pub const AUDITED: &str = "audited";
+    /// obmguard's OAuth token was put in its place.
+    pub const INJECTED: &str = "injected";
+}
+
+/// Values of the `stage` label of [`TIMEOUTS_TOTAL`].
+pub mod stage {
+    /// TLS handshake.
+    pub const HANDSHAKE: &str = "handshake";
+    /// Reading the request line and headers.
+    pub const REQUEST_HEAD: &str = "request_head";
+    /// Reading the request body.
+    pub const REQUEST_BODY: &str = "request_body";
+    /// Writing the answer to Salesforce.
+    pub const RESPONSE_WRITE: &str = "response_write";
+    /// Waiting for the receiver.
+    pub const UPSTREAM: &str = "upstream";
+    /// Waiting for an OAuth token.
+    pub const TOKEN: &str = "token";
+}
+
+/// Values of the `kind` label of [`CERTIFICATE_EXPIRY_SECONDS`].
+pub mod cert_kind {
+    /// A listener's server certificate (name: subject CN or file name).
+    pub const SERVER: &str = "server";
+    /// A trusted client CA (name: subject CN or file name).
+    pub const CA: &str = "ca";
+    /// A pinned client certificate (name: subject CN or file name).
+    pub const PIN: &str = "pin";
+    /// The last client certificate seen on a route (name: the route).
+    pub const CLIENT_LAST_SEEN: &str = "client_last_seen";
+}
+
+/// Registration failed: a programming error (two metrics with one name), not an operator's.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metric families (a bug in obmguard, please report it): {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+/// The registry and every metric family. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    rejections: IntCounterVec,
+    inflight: IntGaugeVec,
+    session_ids: IntCounterVec,
+    timeouts: IntCounterVec,
+    tls_failures: IntCounterVec,
+    client_cert_rejections: IntCounterVec,
+    connections_refused: IntCounterVec,
+    connections_open: IntGaugeVec,
+    upstream_duration: HistogramVec,
+    token_fetch_duration: HistogramVec,
+    overhead_duration: HistogramVec,
+    cert_expiry: IntGaugeVec,
+    // (kind, name) -> notAfter as a Unix time; turned into seconds-remaining at render time.
+    cert_not_after: Mutex<BTreeMap<(String, String), i64>>,
+    policy_reloads: IntCounterVec,
+    policy_generation: IntGauge,
+    routes_loaded: IntGauge,
+    audit_write_failures: IntCounter,
+}
+
+/// Decrements its gauge when dropped, so an early return or a panic cannot leak a count.
+#[must_use = "the gauge goes back down when this guard is dropped"]
+pub struct GaugeGuard(IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Create and register every family in a fresh registry.
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<_, MetricsError> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<_, MetricsError> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| -> Result<_, MetricsError> {
+            let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let policy_generation =
+            IntGauge::new(POLICY_GENERATION, "Generation of the policy in force.")?;
+        registry.register(Box::new(policy_generation.clone()))?;
+        let routes_loaded = IntGauge::new(ROUTES_LOADED, "Routes in the policy in force.")?;
+        registry.register(Box::new(routes_loaded.clone()))?;
+        let audit_write_failures = IntCounter::new(
+            AUDIT_WRITE_FAILURES_TOTAL,
+            "Audit records that could not be written.",
+        )?;
+        registry.register(Box::new(audit_write_failures.clone()))?;
+        gauge(BUILD_INFO, "Build information; always 1.", &["version"])?
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        Ok(Metrics {
+            requests: counter(
+                REQUESTS_TOTAL,
+                "Messages that reached a route, by outcome.",
+                &["route", "outcome"],
+            )?,
+            rejections: counter(
+                REJECTIONS_TOTAL,
+                "Requests and connections refused, by reason.",
+                &["route", "reason"],
+            )?,
+            inflight: gauge(INFLIGHT_REQUESTS, "Messages being handled now.", &["route"])?,
+            session_ids: counter(
+                SESSION_IDS_TOTAL,
+                "What the SessionId policy did.",
+                &["route", "action"],
+            )?,
+            timeouts: counter(TIMEOUTS_TOTAL, "Timeouts, by stage.", &["stage"])?,
+            tls_failures: counter(
+                TLS_HANDSHAKE_FAILURES_TOTAL,
+                "TLS handshakes that failed.",
+                &["listener", "kind"],
+            )?,
+            client_cert_rejections: counter(
+                CLIENT_CERT_REJECTIONS_TOTAL,
+                "Client certificates refused, by kind.",
+                &["kind"],
+            )?,
+            connections_refused: counter(
+                CONNECTIONS_REFUSED_TOTAL,
+                "TCP connections refused before TLS.",
+                &["listener", "reason"],
+            )?,
+            connections_open: gauge(CONNECTIONS_OPEN, "Connections open now.", &["listener"])?,
+            upstream_duration: histogram(
+                UPSTREAM_DURATION_SECONDS,
+                "Time the receiver took to answer, seconds.",
+                &["route"],
+            )?,
+            token_fetch_duration: histogram(
+                TOKEN_FETCH_DURATION_SECONDS,
+                "Time to fetch an OAuth token, seconds.",
+                &["outcome"],
+            )?,
+            overhead_duration: histogram(
+                OVERHEAD_DURATION_SECONDS,
+                "Time spent in obmguard itself (total minus upstream), seconds.",
+                &["route"],
+            )?,
+            cert_expiry: gauge(
+                CERTIFICATE_EXPIRY_SECONDS,
+                "Seconds until the certificate expires (negative once expired).",
+                &["kind", "name"],
+            )?,
+            cert_not_after: Mutex::new(BTreeMap::new()),
+            policy_reloads: counter(
+                POLICY_RELOADS_TOTAL,
+                "Policy reloads, by outcome.",
+                &["outcome"],
+            )?,
+            policy_generation,
+            routes_loaded,
+            audit_write_failures,
+            registry,
+        })
+    }
+
+    /// Create a route's request series at zero, so `rate()` and `increase()` work from the
+    /// route's first message. Call for each route when a policy is loaded.
+    pub fn init_route(&self, route: &str) {
+        for o in outcome::ALL {
+            self.requests.with_label_values(&[route, o]);
+        }
+        self.inflight.with_label_values(&[route]);
+    }
+
+    /// A message on `route` ended with `outcome` (one of [`outcome`]).
+    pub fn request(&self, route: &str, outcome: &str) {
+        self.requests.with_label_values(&[route, outcome]).inc();
+    }
+
+    /// A request or connection was refused; `route` is `-` when no route was chosen yet.
+    pub fn rejection(&self, route: &str, reason: &str) {
+        self.rejections.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Count a message as in flight on `route` until the guard is dropped.
+    pub fn inflight(&self, route: &str) -> GaugeGuard {
+        let g = self.inflight.with_label_values(&[route]);
+        g.inc();
+        GaugeGuard(g)
+    }
+
+    /// The SessionId policy took `action` (one of [`session_action`]) on `route`.
+    pub fn session_id(&self, route: &str, action: &str) {
+        self.session_ids.with_label_values(&[route, action]).inc();
+    }
+
+    /// A timeout fired at `stage` (one of [`stage`]).
+    pub fn timeout(&self, stage: &str) {
+        self.timeouts.with_label_values(&[stage]).inc();
+    }
+
+    /// A TLS handshake on `listener` failed for `kind`.
+    pub fn tls_failure(&self, listener: &str, kind: &str) {
+        self.tls_failures.with_label_values(&[listener, kind]).inc();
+    }
+
+    /// A client certificate was refused for `kind` (unknown_issuer, expired, not_pinned, ...).
+    pub fn client_cert_rejection(&self, kind: &str) {
+        self.client_cert_rejections.with_label_values(&[kind]).inc();
+    }
+
+    /// A TCP connection on `listener` was refused before TLS for `reason`.
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections_refused
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// Count a connection as open on `listener` until the guard is dropped.
+    pub fn connection_open(&self, listener: &str) -> GaugeGuard {
+        let g = self.connections_open.with_label_values(&[listener]);
+        g.inc();
+        GaugeGuard(g)
+    }
+
+    /// Record how long the receiver on `route` took.
+    pub fn observe_upstream(&self, route: &str, took: Duration) {
+        self.upstream_duration
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Record how long a token fetch took and how it ended (`ok`, `error`, ...).
+    pub fn observe_token_fetch(&self, outcome: &str, took: Duration) {
+        self.token_fetch_duration
+            .with_label_values(&[outcome])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Record the time obmguard itself spent on a message on `route` (total minus upstream).
+    pub fn observe_overhead(&self, route: &str, took: Duration) {
+        self.overhead_duration
+            .with_label_values(&[route])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Remember a certificate's notAfter (Unix seconds); exported as seconds remaining,
+    /// recomputed at each [`Metrics::render`]. `kind` is one of [`cert_kind`].
+    pub fn cert_expiry(&self, kind: &str, name: &str, not_after_unix: i64) {
+        self.not_after()
+            .insert((kind.to_owned(), name.to_owned()), not_after_unix);
+    }
+
+    /// Forget every certificate of `kind`: call before re-declaring them after a reload, so a
+    /// certificate removed from the config stops being reported.
+    pub fn forget_cert_expiry(&self, kind: &str) {
+        self.not_after().retain(|(k, _), _| k != kind);
+    }
+
+    /// A policy reload finished with `outcome` (`ok` or `error`).
+    pub fn policy_reload(&self, outcome: &str) {
+        self.policy_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    /// A policy is now in force.
+    pub fn policy_loaded(&self, generation: u64, routes: usize) {
+        self.policy_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.routes_loaded
+            .set(i64::try_from(routes).unwrap_or(i64::MAX));
+    }
+
+    /// An audit record could not be written.
+    pub fn audit_write_failure(&self) {
+        self.audit_write_failures.inc();
+    }
+
+    /// Every metric in the Prometheus text exposition format ([`prometheus::TEXT_FORMAT`]).
+    pub fn render(&self) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        self.render_at(now)
+    }
+
+    fn render_at(&self, now_unix: i64) -> String {
+        // Held through gather so two concurrent scrapes cannot see each other's reset.
+        let not_after = self.not_after();
+        self.cert_expiry.reset();
+        for ((kind, name), at) in not_after.iter() {
+            self.cert_expiry
+                .with_label_values(&[kind.as_str(), name.as_str()])
+                .set(at.saturating_sub(now_unix));
+        }
+        let families = self.registry.gather();
+        drop(not_after);
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics; the scrape will be incomplete");
+            out.push_str("# obmguard: metrics encoding failed, see the log\n");
+        }
+        out
+    }
+
+    fn not_after(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), i64>> {
+        // A panic while holding this lock leaves a consistent map: keep serving it.
+        self.cert_not_after
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn counters_increase_and_render_by_name() {
+        let m = Metrics::new().unwrap();
+        m.request("orders", outcome::ACKED);
+        m.request("orders", outcome::ACKED);
+        m.rejection("-", "source_ip");
+        m.tls_failure("public", "no_client_cert");
+        m.client_cert_rejection("unknown_issuer");
+        m.connection_refused("public", "per_source_limit");
+        m.timeout(stage::UPSTREAM);
+        m.session_id("orders", session_action::STRIPPED);
+        m.policy_reload("ok");
+        m.audit_write_failure();
+        let text = m.render();
+        assert_eq!(
+            line_value(
+                &text,
+                r#"obmguard_requests_total{outcome="acked",route="orders"}"#
+            ),
+            Some(2.0)
+        );
+        for name in [
+            REJECTIONS_TOTAL,
+            TLS_HANDSHAKE_FAILURES_TOTAL,
+            CLIENT_CERT_REJECTIONS_TOTAL,
+            CONNECTIONS_REFUSED_TOTAL,
+            TIMEOUTS_TOTAL,
+            SESSION_IDS_TOTAL,
+            POLICY_RELOADS_TOTAL,
+            AUDIT_WRITE_FAILURES_TOTAL,
+            POLICY_GENERATION,
+            ROUTES_LOADED,
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "missing {name}");
+        }
+        assert!(text.contains(r#"obmguard_rejections_total{reason="source_ip",route="-"} 1"#));
+    }
+
+    #[test]
+    fn build_info_is_one_with_version() {
+        let text = Metrics::new().unwrap().render();
+        let expected = format!(
+            "obmguard_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&expected), "{text}");
+    }
+
+    #[test]
+    fn init_route_creates_zero_series_for_every_outcome() {
+        let m = Metrics::new().unwrap();
+        m.init_route("orders");
+        let text = m.render();
+        for o in outcome::ALL {
+            let series = format!(r#"obmguard_requests_total{{outcome="{o}",route="orders"}}"#);
+            assert_eq!(line_value(&text, &series), Some(0.0), "{series}");
+        }
+    }
+
+    #[test]
+    fn histogram_count_moves() {
+        let m = Metrics::new().unwrap();
+        m.observe_upstream("orders", Duration::from_millis(30));
+        m.observe_upstream("orders", Duration::from_millis(70));
+        m.observe_overhead("orders", Duration::from_micros(300));
+        m.observe_token_fetch("ok", Duration::from_millis(200));
+        let text = m.render();
+        assert_eq!(
+            line_value(
+                &text,
+                r#"obmguard_upstream_duration_seconds_count{route="orders"}"#
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                r#"obmguard_upstream_duration_seconds_bucket{route="orders",le="0.05"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                r#"obmguard_overhead_duration_seconds_bucket{route="orders",le="0.0005"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                r#"obmguard_token_fetch_duration_seconds_count{outcome="ok"}"#
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn gauge_guards_go_back_down_when_dropped() {
+        let m = Metrics::new().unwrap();
+        let a = m.inflight("orders");
+        let b = m.inflight("orders");
+        let c = m.connection_open("public");
+        let text = m.render();
+        assert_eq!(
+            line_value(&text, r#"obmguard_inflight_requests{route="orders"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            line_value(&text, r#"obmguard_connections_open{listener="public"}"#),
+            Some(1.0)
+        );
+        drop((a, b, c));
+        let text = m.render();
+        assert_eq!(
+            line_value(&text, r#"obmguard_inflight_requests{route="orders"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            line_value(&text, r#"obmguard_connections_open{listener="public"}"#),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn cert_expiry_is_seconds_remaining_at_each_render() {
+        let m = Metrics::new().unwrap();
+        m.cert_expiry(cert_kind::SERVER, "proxy.example.com", 1_000_000);
+        let series =
+            r#"obmguard_certificate_expiry_seconds{kind="server",name="proxy.example.com"}"#;
+        assert_eq!(line_value(&m.render_at(999_000), series), Some(1000.0));
+        assert_eq!(line_value(&m.render_at(999_900), series), Some(100.0));
+        assert_eq!(line_value(&m.render_at(1_000_050), series), Some(-50.0));
+    }
+
+    #[test]
+    fn forgotten_certificates_disappear_from_the_scrape() {
+        let m = Metrics::new().unwrap();
+        m.cert_expiry(cert_kind::PIN, "old.pem", 1_000);
+        m.cert_expiry(cert_kind::CA, "root.pem", 2_000);
+        assert!(m.render_at(0).contains(r#"name="old.pem""#));
+        m.forget_cert_expiry(cert_kind::PIN);
+        let text = m.render_at(0);
+        assert!(!text.contains(r#"name="old.pem""#));
+        assert!(text.contains(r#"name="root.pem""#));
+    }
+
+    #[test]
+    fn policy_gauges_follow_the_policy_in_force() {
+        let m = Metrics::new().unwrap();
+        m.policy_loaded(3, 7);
+        let text = m.render();
+        assert_eq!(line_value(&text, "obmguard_policy_generation "), Some(3.0));
+        assert_eq!(line_value(&text, "obmguard_routes_loaded "), Some(7.0));
+    }
+
+    #[test]
+    fn two_instances_do_not_share_series() {
+        let a = Metrics::new().unwrap();
+        let b = Metrics::new().unwrap();
+        a.request("orders", outcome::NACKED);
+        assert!(!b.render().contains(r#"outcome="nacked""#));
+    }
+}

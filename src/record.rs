@@ -1,0 +1,141 @@
+//! After the answer: one metrics update, one audit line and one log line per request.
+//!
+//! Only identifiers and decisions are recorded: never a body, a field value, a session id or
+//! a token. A failure to write the audit line is logged at error level and counted
+//! (`obmguard_audit_write_failures_total`) but does not change the answer already decided:
+//! refusing a message the receiver has accepted would only make Salesforce deliver it again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::audit::{self, AuditRecord, SessionIdSeen};
+use crate::config::Route;
+use crate::identity::PeerIdentity;
+use crate::metrics::{outcome, session_action, stage};
+use crate::policy::Plan;
+use crate::reject::Rejection;
+use crate::runtime::Runtime;
+use crate::soap::{Message, SessionIdState};
+use crate::upstream::Report;
+
+/// What we learnt about one request on its way through the stages.
+pub struct Facts {
+    pub request_id: String,
+    pub started: Instant,
+    pub peer: SocketAddr,
+    pub client_ip: IpAddr,
+    pub identity: Arc<PeerIdentity>,
+    pub route: Option<Arc<Route>>,
+    pub message: Option<Message>,
+    pub plan: Option<Plan>,
+    pub upstream: Option<Report>,
+}
+
+impl Facts {
+    pub fn new(request_id: String, peer: SocketAddr, identity: Arc<PeerIdentity>) -> Self {
+        Facts {
+            request_id,
+            started: Instant::now(),
+            peer,
+            client_ip: peer.ip().to_canonical(),
+            identity,
+            route: None,
+            message: None,
+            plan: None,
+            upstream: None,
+        }
+    }
+}
+
+fn seen(m: Option<&Message>) -> SessionIdSeen {
+    match m.map(|m| m.session_id) {
+        None => SessionIdSeen::Unknown,
+        Some(SessionIdState::Absent) => SessionIdSeen::Absent,
+        Some(SessionIdState::Nil) => SessionIdSeen::Nil,
+        Some(SessionIdState::Empty) => SessionIdSeen::Empty,
+        Some(SessionIdState::Value) => SessionIdSeen::Value,
+    }
+}
+
+/// Count, audit and log one finished request.
+pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u16) {
+    let m = &rt.metrics;
+    let route = f.route.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
+    let total = f.started.elapsed();
+    let (decision, reason) = match result {
+        Ok(()) => (outcome::ACKED, None),
+        Err(r) => (r.answer().outcome, Some(r.reason())),
+    };
+    m.request(route, decision);
+    if let Err(r) = result {
+        if decision == outcome::REJECTED {
+            m.rejection(route, r.reason());
+        }
+        match r {
+            Rejection::BodyTimeout(_) => m.timeout(stage::REQUEST_BODY),
+            Rejection::UpstreamTimeout(_) => m.timeout(stage::UPSTREAM),
+            Rejection::TokenUnavailable("timeout") => m.timeout(stage::TOKEN),
+            _ => {}
+        }
+    }
+    let action = match (&result, f.plan) {
+        (Err(Rejection::SessionIdRejected), _) => Some(session_action::REJECTED),
+        (_, Some(p)) => p.action,
+        _ => None,
+    };
+    if let Some(a) = action {
+        m.session_id(route, a);
+    }
+    let upstream_time = f.upstream.as_ref().map(|u| u.elapsed);
+    if let Some(t) = upstream_time {
+        m.observe_upstream(route, t);
+    }
+    m.observe_overhead(
+        route,
+        total.saturating_sub(upstream_time.unwrap_or_default()),
+    );
+
+    let msg = f.message.as_ref();
+    let rec = AuditRecord {
+        time: audit::timestamp(SystemTime::now()),
+        request_id: f.request_id.clone(),
+        route: route.to_string(),
+        peer: f.peer.to_string(),
+        client_ip: f.client_ip.to_string(),
+        client_cert_sha256: Some(f.identity.sha256_hex.clone()),
+        client_cert_subject: Some(f.identity.subject.clone()),
+        organization_id: msg.map(|m| m.organization_id.clone()),
+        action_id: msg.map(|m| m.action_id.clone()),
+        notification_ids: msg.map(|m| m.notification_ids.clone()).unwrap_or_default(),
+        sobject_types: msg.map(|m| m.sobject_types.clone()).unwrap_or_default(),
+        session_id: seen(msg),
+        session_action: action.map(str::to_string),
+        mode: f
+            .route
+            .as_ref()
+            .map(|r| r.message.session_id.as_str().to_string()),
+        decision: decision.to_string(),
+        reason: reason.map(str::to_string),
+        upstream_status: f.upstream.as_ref().and_then(|u| u.status),
+        ack: f.upstream.as_ref().and_then(|u| u.ack),
+        duration_ms: total.as_secs_f64() * 1000.0,
+        upstream_ms: upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+    };
+    if rt.audit.write(&rec).is_err() {
+        m.audit_write_failure();
+    }
+    tracing::info!(
+        request_id = %f.request_id,
+        route,
+        peer = %f.peer,
+        client_ip = %f.client_ip,
+        organization_id = msg.map(|m| m.organization_id.as_str()).unwrap_or("-"),
+        status,
+        decision,
+        reason = reason.unwrap_or("-"),
+        upstream_status = f.upstream.as_ref().and_then(|u| u.status).unwrap_or(0),
+        duration_ms = rec.duration_ms,
+        "request"
+    );
+}

@@ -1,0 +1,153 @@
+//! Live reload: on SIGHUP, or when the configuration file, a policy file or a certificate,
+//! key or CA file it names changes, load the whole set exactly as `check` does and swap it in.
+//!
+//! An invalid set is logged with the same messages `check` prints, counted
+//! (`obmguard_policy_reloads_total{outcome="error"}`), and the last good set stays in force.
+//! Requests in flight finish on the generation they started with; open TLS connections keep
+//! the certificate and trust they were accepted with, new connections get the new ones.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config};
+use crate::runtime::Runtime;
+
+pub struct Reloader {
+    pub rt: Arc<Runtime>,
+    pub config_file: PathBuf,
+}
+
+/// The files whose change triggers a reload, and the directories to watch for them.
+fn watched(c: &Config) -> (HashSet<PathBuf>, HashSet<PathBuf>) {
+    let mut files: HashSet<PathBuf> = HashSet::new();
+    files.insert(c.file.clone());
+    files.insert(c.server.tls_cert.clone());
+    files.insert(c.server.tls_key.clone());
+    if let Some(ca) = &c.trust.ca_file {
+        files.insert(ca.clone());
+    }
+    for r in c.routes.iter() {
+        files.insert(r.file.clone());
+    }
+    let files: HashSet<PathBuf> = files
+        .into_iter()
+        .map(|f| f.canonicalize().unwrap_or(f))
+        .collect();
+    let mut dirs: HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    let policies = c
+        .server
+        .policies_dir
+        .canonicalize()
+        .unwrap_or(c.server.policies_dir.clone());
+    dirs.insert(policies);
+    (files, dirs)
+}
+
+fn relevant(path: &Path, files: &HashSet<PathBuf>, policies: &Path) -> bool {
+    let p = path.canonicalize().unwrap_or(path.to_path_buf());
+    files.contains(&p) || (p.parent() == Some(policies) && p.extension().is_some_and(|e| e == "toml"))
+        // A deleted file cannot be canonicalised: fall back to its name in a watched place.
+        || files.iter().any(|f| f.file_name() == path.file_name() && f.parent() == path.parent())
+}
+
+impl Reloader {
+    /// Load, validate and swap. Returns whether the new set is in force.
+    pub fn reload(&self, why: &str) -> bool {
+        match config::load(&self.config_file) {
+            Ok(c) => {
+                let warnings = c.warnings.clone();
+                match self.rt.apply(c) {
+                    Ok(generation) => {
+                        self.rt.metrics.policy_reload("ok");
+                        for w in warnings {
+                            tracing::warn!("{w}");
+                        }
+                        tracing::info!(generation, trigger = why, "policy reloaded");
+                        true
+                    }
+                    Err(e) => {
+                        self.rt.metrics.policy_reload("error");
+                        tracing::error!(trigger = why, error = %e, "reload refused; the last good policy stays in force");
+                        false
+                    }
+                }
+            }
+            Err(problems) => {
+                self.rt.metrics.policy_reload("error");
+                for p in &problems.errors {
+                    tracing::error!("{p}");
+                }
+                tracing::error!(
+                    trigger = why,
+                    errors = problems.errors.len(),
+                    "reload refused; the last good policy stays in force"
+                );
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot listen for SIGHUP; reload on file change only");
+            return;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if let Ok(ev) = ev {
+                for p in ev.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP"))
+        .ok();
+        let mut watching = HashSet::new();
+        loop {
+            let current = self.rt.current();
+            let (files, dirs) = watched(&current.config);
+            let policies = current
+                .config
+                .server
+                .policies_dir
+                .canonicalize()
+                .unwrap_or(current.config.server.policies_dir.clone());
+            if let Some(w) = watcher.as_mut() {
+                for d in dirs.difference(&watching.clone()) {
+                    if w.watch(d, RecursiveMode::NonRecursive).is_ok() {
+                        watching.insert(d.clone());
+                    }
+                }
+            }
+            let trigger = tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup.recv() => "SIGHUP".to_string(),
+                Some(p) = rx.recv() => {
+                    if !relevant(&p, &files, &policies) {
+                        continue;
+                    }
+                    // Editors write in several steps: let them finish, then reload once.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    while rx.try_recv().is_ok() {}
+                    format!("change of {}", p.display())
+                }
+            };
+            self.reload(&trigger);
+        }
+    }
+}

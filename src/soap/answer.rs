@@ -1,0 +1,277 @@
+//! The receiver's answer: a real Ack, a Nack, a SOAP fault, or something else.
+//!
+//! obmguard relays success to Salesforce only for [`Answer::Ack`], so this parser is strict in
+//! the direction that matters: `Ack` needs a well-formed `Envelope > [Header] > Body >
+//! notificationsResponse > Ack` (outbound namespace) holding exactly one xsd:boolean true.
+//! Everything else is a failure of some kind; the variants only say which, for the audit trail.
+//! The answer passes the same safety checks as a request, except that comments are tolerated.
+
+use super::scan::{trim_xml, Item, Ns, Scanner};
+use super::Limits;
+
+/// The longest faultstring kept, in characters.
+const FAULTSTRING_MAX: usize = 512;
+
+/// What the receiver said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `<Ack>true</Ack>`: the only answer that may be relayed as success.
+    Ack,
+    /// `<Ack>false</Ack>`.
+    Nack,
+    /// A SOAP fault in the Body.
+    Fault {
+        /// `faultcode` text, unescaped and trimmed.
+        faultcode: Option<String>,
+        /// `faultstring` text, unescaped, trimmed, cut to 512 characters.
+        faultstring: Option<String>,
+    },
+    /// Not a readable SOAP answer; the label says why.
+    Malformed(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Envelope { body: bool },
+    Body { child: bool },
+    Response,
+    Ack,
+    Fault,
+    FaultCode,
+    FaultString,
+    Opaque,
+}
+
+/// Classify the receiver's answer body. Never fails: anything unreadable is `Malformed`.
+pub fn parse_answer(body: &[u8], limits: &Limits) -> Answer {
+    match classify(body, limits) {
+        Ok(answer) => answer,
+        Err(why) => Answer::Malformed(why),
+    }
+}
+
+fn classify(body: &[u8], limits: &Limits) -> Result<Answer, &'static str> {
+    let mut scanner = Scanner::new(body, limits, true).map_err(|e| e.reason())?;
+    let mut stack: Vec<Ctx> = Vec::with_capacity(8);
+    let mut text = String::new();
+    let mut ack: Option<bool> = None;
+    let mut acks = 0usize;
+    let mut fault = false;
+    let mut faultcode = None;
+    let mut faultstring = None;
+    loop {
+        match scanner.next().map_err(|e| e.reason())? {
+            Item::Open { tag, ns, .. } => {
+                let local = tag.local_name().into_inner();
+                // SOAP 1.1 fault children are unqualified; some stacks qualify them anyway.
+                let fault_child = matches!(ns, Ns::None | Ns::Soap);
+                let child = match (stack.last_mut(), ns, local) {
+                    (None, Ns::Soap, "Envelope") => Ctx::Envelope { body: false },
+                    (None, ..) => return Err("not_soap"),
+                    (Some(Ctx::Envelope { body: false }), Ns::Soap, "Header") => Ctx::Opaque,
+                    (Some(Ctx::Envelope { body }), Ns::Soap, "Body") if !*body => {
+                        *body = true;
+                        Ctx::Body { child: false }
+                    }
+                    (Some(Ctx::Envelope { .. }), ..) => return Err("unexpected_content"),
+                    (Some(Ctx::Body { child }), ns, local) if !*child => {
+                        *child = true;
+                        match (ns, local) {
+                            (Ns::Outbound, "notificationsResponse") => Ctx::Response,
+                            (Ns::Soap, "Fault") => {
+                                fault = true;
+                                Ctx::Fault
+                            }
+                            _ => return Err("unexpected_content"),
+                        }
+                    }
+                    (Some(Ctx::Body { .. }), ..) => return Err("unexpected_content"),
+                    (Some(Ctx::Response), Ns::Outbound, "Ack") => {
+                        acks += 1;
+                        if acks > 1 {
+                            return Err("two_acks");
+                        }
+                        text.clear();
+                        Ctx::Ack
+                    }
+                    (Some(Ctx::Response), ..) => return Err("unexpected_content"),
+                    (Some(Ctx::Fault), _, "faultcode") if fault_child => {
+                        text.clear();
+                        Ctx::FaultCode
+                    }
+                    (Some(Ctx::Fault), _, "faultstring") if fault_child => {
+                        text.clear();
+                        Ctx::FaultString
+                    }
+                    (Some(Ctx::Ack | Ctx::FaultCode | Ctx::FaultString), ..) => {
+                        return Err("unexpected_content")
+                    }
+                    (Some(Ctx::Fault | Ctx::Opaque), ..) => Ctx::Opaque,
+                };
+                stack.push(child);
+            }
+            Item::Close { .. } => match stack.pop() {
+                Some(Ctx::Ack) => {
+                    ack = match trim_xml(&text) {
+                        "true" | "1" => Some(true),
+                        "false" | "0" => Some(false),
+                        _ => return Err("ack_not_boolean"),
+                    }
+                }
+                Some(Ctx::FaultCode) => faultcode = Some(trim_xml(&text).to_owned()),
+                Some(Ctx::FaultString) => {
+                    faultstring = Some(trim_xml(&text).chars().take(FAULTSTRING_MAX).collect())
+                }
+                _ => {}
+            },
+            Item::Chars(_, chars) => match stack.last() {
+                Some(Ctx::Ack | Ctx::FaultCode | Ctx::FaultString) => {
+                    // Bound what is kept: a boolean is short, a faultstring is cut anyway.
+                    if text.len() < 4 * FAULTSTRING_MAX + 64 {
+                        chars.push_to(&mut text);
+                    }
+                }
+                Some(Ctx::Opaque) => {}
+                _ if chars.is_blank() => {}
+                _ => return Err("unexpected_content"),
+            },
+            Item::Eof => break,
+        }
+    }
+    if fault {
+        return Ok(Answer::Fault {
+            faultcode,
+            faultstring,
+        });
+    }
+    match ack {
+        Some(true) => Ok(Answer::Ack),
+        Some(false) => Ok(Answer::Nack),
+        None => Err("no_ack"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(ack: &str) -> Vec<u8> {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">
+ <soapenv:Body>
+  <notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">{ack}</notificationsResponse>
+ </soapenv:Body>
+</soapenv:Envelope>"#
+        )
+        .into_bytes()
+    }
+
+    fn answer(body: &[u8]) -> Answer {
+        parse_answer(body, &Limits::default())
+    }
+
+    #[test]
+    fn acks_true_one_and_padded_true() {
+        assert_eq!(answer(&response("<Ack>true</Ack>")), Answer::Ack);
+        assert_eq!(answer(&response("<Ack>1</Ack>")), Answer::Ack);
+        assert_eq!(answer(&response("<Ack> true\n</Ack>")), Answer::Ack);
+    }
+
+    #[test]
+    fn acks_with_prefixes_a_header_and_comments() {
+        let body = br#"<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><!-- hi --><e:Header><x/></e:Header><e:Body><o:notificationsResponse xmlns:o="http://soap.sforce.com/2005/09/outbound"><o:Ack>true</o:Ack></o:notificationsResponse></e:Body></e:Envelope>"#;
+        assert_eq!(answer(body), Answer::Ack);
+    }
+
+    #[test]
+    fn nacks_false_and_zero() {
+        assert_eq!(answer(&response("<Ack>false</Ack>")), Answer::Nack);
+        assert_eq!(answer(&response("<Ack>0</Ack>")), Answer::Nack);
+    }
+
+    #[test]
+    fn refuses_other_ack_values_and_two_acks() {
+        assert_eq!(
+            answer(&response("<Ack>yes</Ack>")),
+            Answer::Malformed("ack_not_boolean")
+        );
+        assert_eq!(
+            answer(&response("<Ack>TRUE</Ack>")),
+            Answer::Malformed("ack_not_boolean")
+        );
+        assert_eq!(
+            answer(&response("<Ack>true</Ack><Ack>true</Ack>")),
+            Answer::Malformed("two_acks")
+        );
+        assert_eq!(answer(&response("")), Answer::Malformed("no_ack"));
+    }
+
+    #[test]
+    fn refuses_an_ack_in_the_wrong_namespace() {
+        let body = response(r#"<Ack xmlns="urn:other">true</Ack>"#);
+        assert_eq!(answer(&body), Answer::Malformed("unexpected_content"));
+        let body = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#;
+        assert_eq!(answer(body), Answer::Malformed("unexpected_content"));
+    }
+
+    #[test]
+    fn reads_a_fault_with_an_escaped_faultstring() {
+        let body = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault><faultcode>soapenv:Server</faultcode><faultstring> database &amp; queue &lt;down&gt; </faultstring><detail><x>1</x></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"#;
+        assert_eq!(
+            answer(body),
+            Answer::Fault {
+                faultcode: Some("soapenv:Server".into()),
+                faultstring: Some("database & queue <down>".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn cuts_a_long_faultstring_to_512_characters() {
+        let long = "é".repeat(2000);
+        let body = format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>{long}</faultstring></s:Fault></s:Body></s:Envelope>"#
+        );
+        let Answer::Fault {
+            faultstring: Some(s),
+            ..
+        } = answer(body.as_bytes())
+        else {
+            panic!("not a fault")
+        };
+        assert_eq!(s.chars().count(), 512);
+    }
+
+    #[test]
+    fn refuses_html_truncated_and_doctype_answers() {
+        assert!(matches!(
+            answer(b"<html><body>502 Bad Gateway</body></html>"),
+            Answer::Malformed("not_soap")
+        ));
+        let full = response("<Ack>true</Ack>");
+        assert_eq!(
+            answer(&full[..full.len() - 20]),
+            Answer::Malformed("truncated")
+        );
+        let mut with_doctype = b"<!DOCTYPE x [<!ENTITY t \"true\">]>".to_vec();
+        with_doctype.extend_from_slice(&response("<Ack>&t;</Ack>"));
+        assert!(matches!(answer(&with_doctype), Answer::Malformed(_)));
+        assert_eq!(answer(b""), Answer::Malformed("no_root"));
+        assert_eq!(answer(b"OK"), Answer::Malformed("content_outside_root"));
+    }
+
+    #[test]
+    fn refuses_an_unknown_entity_in_the_ack() {
+        assert_eq!(
+            answer(&response("<Ack>&t;</Ack>")),
+            Answer::Malformed("entity")
+        );
+    }
+
+    #[test]
+    fn refuses_a_body_with_two_children() {
+        let body = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse><soapenv:Fault/></soapenv:Body></soapenv:Envelope>"#;
+        assert_eq!(answer(body), Answer::Malformed("unexpected_content"));
+    }
+}

@@ -1,0 +1,532 @@
+//! The safe XML layer shared by the request and answer parsers: it turns bytes into a stream of
+//! elements, character data and positions, and refuses everything an Outbound Message never
+//! needs and a hostile body could use.
+//!
+//! On top of quick-xml's tokenizer it enforces what quick-xml leaves to its caller: UTF-8 only,
+//! XML 1.0 characters only, no DTD, no entity other than the five predefined ones, no processing
+//! instruction, an XML declaration only at the very start, one root with nothing but whitespace
+//! around it, balanced tags, a depth limit, an attribute limit, no duplicate attributes, no
+//! undeclared prefix and no reference inside a namespace declaration (quick-xml resolves
+//! namespaces from the raw attribute value, a conforming parser from the unescaped one, so a
+//! `&#x6f;` there could make us and the receiver disagree on which element is the SessionId).
+//!
+//! It does not know what a SOAP message is: the structure is the callers' business.
+//! Work is linear in the input: one validation pass, one tokenizer pass, a bounded stack.
+
+use std::borrow::Cow;
+
+use quick_xml::events::attributes::AttrError;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{Namespace, QName, ResolveResult};
+use quick_xml::reader::NsReader;
+
+use super::{Limits, XmlError};
+
+/// SOAP 1.1 envelope namespace.
+pub(crate) const SOAP_NS: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+/// Salesforce outbound messaging namespace.
+pub(crate) const OUTBOUND_NS: &str = "http://soap.sforce.com/2005/09/outbound";
+/// XML Schema instance namespace (`xsi:nil`, `xsi:type`).
+pub(crate) const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The namespaces the parsers care about; every other bound namespace is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ns {
+    /// No namespace (unprefixed name, no default namespace in scope).
+    None,
+    Soap,
+    Outbound,
+    Xsi,
+    Other,
+}
+
+impl Ns {
+    fn of(r: ResolveResult<'_>) -> Option<Ns> {
+        match r {
+            ResolveResult::Unbound => Some(Ns::None),
+            ResolveResult::Bound(Namespace(SOAP_NS)) => Some(Ns::Soap),
+            ResolveResult::Bound(Namespace(OUTBOUND_NS)) => Some(Ns::Outbound),
+            ResolveResult::Bound(Namespace(XSI_NS)) => Some(Ns::Xsi),
+            ResolveResult::Bound(_) => Some(Ns::Other),
+            ResolveResult::Unknown(_) => None,
+        }
+    }
+}
+
+/// One step of the document. Byte offsets are into the whole body (BOM included).
+pub(crate) enum Item<'i> {
+    /// A start tag or an empty-element tag (always followed, eventually, by its `Close`).
+    Open {
+        tag: BytesStart<'i>,
+        ns: Ns,
+        /// Offset of the `<`.
+        at: usize,
+        /// Offset just after the tag's `>`.
+        after: usize,
+    },
+    /// The end of the innermost open element.
+    Close {
+        /// Offset of the end tag's `<` (equals `end` for an empty-element tag).
+        at: usize,
+        /// Offset just after the end tag's `>`.
+        end: usize,
+    },
+    /// Character data at an offset: text without references, a CDATA section's content, or a
+    /// resolved reference.
+    Chars(usize, Chars<'i>),
+    Eof,
+}
+
+/// A piece of character data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Chars<'i> {
+    /// Text between markup (never contains `&` or `<`).
+    Text(&'i str),
+    /// The content of a CDATA section.
+    CData(&'i str),
+    /// A resolved character or predefined entity reference.
+    Char(char),
+}
+
+impl Chars<'_> {
+    /// Whether this piece holds anything but XML whitespace.
+    pub(crate) fn is_blank(&self) -> bool {
+        match self {
+            Chars::Text(s) | Chars::CData(s) => is_xml_whitespace(s),
+            Chars::Char(c) => matches!(c, ' ' | '\t' | '\r' | '\n'),
+        }
+    }
+
+    /// Append the characters to `out`.
+    pub(crate) fn push_to(&self, out: &mut String) {
+        match self {
+            Chars::Text(s) | Chars::CData(s) => out.push_str(s),
+            Chars::Char(c) => out.push(*c),
+        }
+    }
+}
+
+/// The validating tokenizer. Create one per body with [`Scanner::new`].
+pub(crate) struct Scanner<'i> {
+    reader: NsReader<&'i [u8]>,
+    body: &'i str,
+    /// Bytes skipped before quick-xml's offset 0 (a UTF-8 BOM).
+    base: usize,
+    limits: Limits,
+    allow_comments: bool,
+    depth: usize,
+    root_done: bool,
+    first_event: bool,
+    pending_close: Option<usize>,
+}
+
+impl<'i> Scanner<'i> {
+    /// Validate the encoding and characters of the whole body, then prepare to tokenize it.
+    pub(crate) fn new(
+        body: &'i [u8],
+        limits: &Limits,
+        allow_comments: bool,
+    ) -> Result<Self, XmlError> {
+        if body.starts_with(b"\xFE\xFF")
+            || body.starts_with(b"\xFF\xFE")
+            || body.starts_with(b"\0\0\xFE\xFF")
+        {
+            return Err(XmlError::ForeignBom);
+        }
+        let text = std::str::from_utf8(body).map_err(|e| XmlError::InvalidUtf8 {
+            at: e.valid_up_to(),
+        })?;
+        check_chars(body)?;
+        let base = if body.starts_with(UTF8_BOM) {
+            UTF8_BOM.len()
+        } else {
+            0
+        };
+        let mut reader = NsReader::from_reader(body);
+        let config = reader.config_mut();
+        config.check_end_names = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        config.allow_dangling_amp = false;
+        config.allow_unmatched_ends = false;
+        Ok(Scanner {
+            reader,
+            body: text,
+            base,
+            limits: *limits,
+            allow_comments,
+            depth: 0,
+            root_done: false,
+            first_event: true,
+            pending_close: None,
+        })
+    }
+
+    fn pos(&self) -> usize {
+        usize::try_from(self.reader.buffer_position())
+            .unwrap_or(usize::MAX)
+            .saturating_add(self.base)
+    }
+
+    fn error_pos(&self) -> usize {
+        usize::try_from(self.reader.error_position())
+            .unwrap_or(usize::MAX)
+            .saturating_add(self.base)
+    }
+
+    /// The whole body as text.
+    pub(crate) fn body(&self) -> &'i str {
+        self.body
+    }
+
+    /// The namespace of a qualified element name here, with the declarations of the element
+    /// just opened in scope (also right for QName-valued attributes such as `xsi:type`).
+    /// `None` means an undeclared prefix.
+    pub(crate) fn element_ns(&self, name: &str) -> Option<Ns> {
+        Ns::of(self.reader.resolver().resolve_element(QName(name)).0)
+    }
+
+    /// The namespace of an attribute name (unprefixed attributes are in no namespace).
+    pub(crate) fn attr_ns(&self, key: QName<'_>) -> Option<Ns> {
+        Ns::of(self.reader.resolver().resolve_attribute(key).0)
+    }
+
+    /// The next item, or the reason the body is refused.
+    pub(crate) fn next(&mut self) -> Result<Item<'i>, XmlError> {
+        if let Some(end) = self.pending_close.take() {
+            return Ok(self.close(end, end));
+        }
+        loop {
+            let at = self.pos();
+            let event = match self.reader.read_event() {
+                Ok(e) => e,
+                Err(e) => return Err(self.quick_xml_error(e)),
+            };
+            let first = std::mem::replace(&mut self.first_event, false);
+            match event {
+                Event::Start(tag) => return self.open(tag, at, false),
+                Event::Empty(tag) => return self.open(tag, at, true),
+                Event::End(_) => {
+                    if self.depth == 0 {
+                        return Err(malformed(at, "an end tag without a start tag"));
+                    }
+                    let end = self.pos();
+                    return Ok(self.close(at, end));
+                }
+                Event::Text(t) => {
+                    if self.depth > 0 {
+                        return Ok(Item::Chars(at, Chars::Text(borrowed(t.into_inner(), at)?)));
+                    }
+                    if !is_xml_whitespace(&t) {
+                        return Err(XmlError::ContentOutsideRoot { at });
+                    }
+                }
+                Event::CData(c) => {
+                    if self.depth == 0 {
+                        return Err(XmlError::ContentOutsideRoot { at });
+                    }
+                    return Ok(Item::Chars(at, Chars::CData(borrowed(c.into_inner(), at)?)));
+                }
+                Event::GeneralRef(r) => {
+                    let c = resolve_reference(&r, at)?;
+                    if self.depth == 0 {
+                        return Err(XmlError::ContentOutsideRoot { at });
+                    }
+                    return Ok(Item::Chars(at, Chars::Char(c)));
+                }
+                Event::Comment(_) => {
+                    if !self.allow_comments {
+                        return Err(XmlError::Comment { at });
+                    }
+                }
+                Event::Decl(decl) => {
+                    if !first || at != self.base {
+                        return Err(XmlError::MisplacedDeclaration { at });
+                    }
+                    match decl.version() {
+                        Ok(v) if &*v == "1.0" => {}
+                        _ => return Err(XmlError::Version),
+                    }
+                    if let Some(enc) = decl.encoding() {
+                        let enc = enc.map_err(|_| malformed(at, "an unreadable encoding"))?;
+                        if !enc.eq_ignore_ascii_case("UTF-8") {
+                            return Err(XmlError::Encoding {
+                                declared: shorten(&enc),
+                            });
+                        }
+                    }
+                }
+                Event::PI(_) => return Err(XmlError::ProcessingInstruction { at }),
+                Event::DocType(_) => return Err(XmlError::Doctype { at }),
+                Event::Eof => {
+                    if self.depth > 0 {
+                        return Err(XmlError::Truncated {
+                            open: self.depth,
+                            at: self.body.len(),
+                        });
+                    }
+                    if !self.root_done {
+                        return Err(XmlError::NoRoot);
+                    }
+                    return Ok(Item::Eof);
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, tag: BytesStart<'i>, at: usize, empty: bool) -> Result<Item<'i>, XmlError> {
+        if self.depth == 0 && self.root_done {
+            return Err(XmlError::SecondRoot { at });
+        }
+        if self.depth >= self.limits.max_depth {
+            return Err(XmlError::TooDeep {
+                limit: self.limits.max_depth,
+                at,
+            });
+        }
+        self.check_attributes(&tag, at)?;
+        let ns = Ns::of(self.reader.resolver().resolve_element(tag.name()).0).ok_or_else(|| {
+            XmlError::UndeclaredPrefix {
+                at,
+                name: shorten(tag.name().0),
+            }
+        })?;
+        self.depth += 1;
+        let after = self.pos();
+        if empty {
+            self.pending_close = Some(after);
+        }
+        Ok(Item::Open { tag, ns, at, after })
+    }
+
+    fn close(&mut self, at: usize, end: usize) -> Item<'i> {
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth == 0 {
+            self.root_done = true;
+        }
+        Item::Close { at, end }
+    }
+
+    fn check_attributes(&self, tag: &BytesStart<'_>, at: usize) -> Result<(), XmlError> {
+        let mut count = 0usize;
+        for attr in tag.attributes() {
+            let attr = attr.map_err(|e| match e {
+                AttrError::Duplicated(..) => XmlError::DuplicateAttribute { at },
+                _ => malformed(at, "a malformed attribute"),
+            })?;
+            count += 1;
+            if count > self.limits.max_attributes {
+                return Err(XmlError::TooManyAttributes {
+                    limit: self.limits.max_attributes,
+                    at,
+                });
+            }
+            if attr.value.contains('<') {
+                return Err(malformed(at, "`<` in an attribute value"));
+            }
+            if attr.value.contains('&') {
+                if attr.key.as_namespace_binding().is_some() {
+                    return Err(XmlError::ReferenceInNamespace { at });
+                }
+                check_references(&attr.value, at)?;
+            }
+            if attr.key.0.is_empty() {
+                return Err(malformed(at, "an attribute without a name"));
+            }
+            if attr.key.prefix().is_some()
+                && attr.key.as_namespace_binding().is_none()
+                && self.attr_ns(attr.key).is_none()
+            {
+                return Err(XmlError::UndeclaredPrefix {
+                    at,
+                    name: shorten(attr.key.0),
+                });
+            }
+        }
+        if tag.name().0.is_empty() {
+            return Err(malformed(at, "an element without a name"));
+        }
+        Ok(())
+    }
+
+    fn quick_xml_error(&self, e: quick_xml::Error) -> XmlError {
+        use quick_xml::errors::IllFormedError;
+        let at = self.error_pos();
+        match e {
+            quick_xml::Error::IllFormed(IllFormedError::MismatchedEndTag { .. }) => {
+                XmlError::MismatchedEndTag { at }
+            }
+            quick_xml::Error::IllFormed(IllFormedError::UnclosedReference) => {
+                malformed(at, "a `&` that does not start a reference")
+            }
+            quick_xml::Error::Encoding(_) => XmlError::InvalidUtf8 { at },
+            quick_xml::Error::Namespace(ns) => XmlError::Malformed {
+                at,
+                detail: shorten(&ns.to_string()),
+            },
+            other => XmlError::Malformed {
+                at,
+                detail: shorten(&other.to_string()),
+            },
+        }
+    }
+}
+
+/// Events from a slice reader borrow the input; anything else would be a quick-xml change.
+fn borrowed(content: Cow<'_, str>, at: usize) -> Result<&str, XmlError> {
+    match content {
+        Cow::Borrowed(s) => Ok(s),
+        Cow::Owned(_) => Err(malformed(at, "unexpected owned text from the tokenizer")),
+    }
+}
+
+/// A message fragment that quotes attacker-chosen names: cut to a length that fits in a log line.
+pub(crate) fn shorten(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+fn malformed(at: usize, detail: &str) -> XmlError {
+    XmlError::Malformed {
+        at,
+        detail: detail.to_owned(),
+    }
+}
+
+/// XML's whitespace: space, tab, carriage return, line feed (not Unicode's).
+pub(crate) fn is_xml_whitespace(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// Trim XML whitespace from both ends.
+pub(crate) fn trim_xml(s: &str) -> &str {
+    s.trim_matches([' ', '\t', '\r', '\n'])
+}
+
+/// Whether `c` is a `Char` of XML 1.0.
+pub(crate) fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Refuse bytes that cannot appear in an XML 1.0 document even when escaped: C0 controls other
+/// than tab, LF and CR, and the non-characters U+FFFE and U+FFFF (`EF BF BE`, `EF BF BF`).
+/// The input is already known to be valid UTF-8.
+fn check_chars(body: &[u8]) -> Result<(), XmlError> {
+    // Fold whole chunks without early exit so the hot loop vectorises; locate only on failure.
+    const fn suspicious(b: u8) -> bool {
+        (b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') || b == 0xEF
+    }
+    for (i, chunk) in body.chunks(64).enumerate() {
+        if !chunk.iter().fold(false, |acc, &b| acc | suspicious(b)) {
+            continue;
+        }
+        for (j, &b) in chunk.iter().enumerate() {
+            let at = i * 64 + j;
+            if b < 0x20 && suspicious(b) {
+                return Err(XmlError::ControlCharacter {
+                    at,
+                    code: u32::from(b),
+                });
+            }
+            if b == 0xEF {
+                if let Some([0xBF, last @ (0xBE | 0xBF)]) = body.get(at + 1..at + 3) {
+                    return Err(XmlError::ControlCharacter {
+                        at,
+                        code: 0xFF00 | u32::from(*last),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolve the name between `&` and `;`: one of the five predefined entities or a character
+/// reference to an XML 1.0 character. Everything else is refused.
+pub(crate) fn resolve_reference(name: &str, at: usize) -> Result<char, XmlError> {
+    match name {
+        "lt" => return Ok('<'),
+        "gt" => return Ok('>'),
+        "amp" => return Ok('&'),
+        "apos" => return Ok('\''),
+        "quot" => return Ok('"'),
+        _ => {}
+    }
+    let Some(num) = name.strip_prefix('#') else {
+        return Err(XmlError::Entity {
+            at,
+            name: shorten(name),
+        });
+    };
+    let (digits, radix) = match num.strip_prefix('x') {
+        Some(hex) => (hex, 16),
+        None => (num, 10),
+    };
+    let bad = || XmlError::CharRef {
+        at,
+        reference: shorten(name),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(bad());
+    }
+    // Leading zeros are legal; ignore them so the length cap only bounds significant digits.
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > 8 {
+        return Err(bad());
+    }
+    let code = if significant.is_empty() {
+        0
+    } else {
+        u32::from_str_radix(significant, radix).map_err(|_| bad())?
+    };
+    char::from_u32(code)
+        .filter(|&c| is_xml_char(c))
+        .ok_or_else(bad)
+}
+
+/// Check every reference in a raw attribute value.
+fn check_references(value: &str, at: usize) -> Result<(), XmlError> {
+    let mut rest = value;
+    while let Some(amp) = rest.find('&') {
+        let after = rest.get(amp + 1..).unwrap_or_default();
+        let Some(semi) = after.find(';') else {
+            return Err(malformed(at, "a `&` that does not start a reference"));
+        };
+        resolve_reference(after.get(..semi).unwrap_or_default(), at)?;
+        rest = after.get(semi + 1..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// Escape text content for an element: `&`, `<`, `>` (so `]]>` cannot form) and CR (so it
+/// survives end-of-line normalisation).
+pub(crate) fn escape_text_into(out: &mut Vec<u8>, s: &str) {
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\r' => b"&#13;",
+            _ => continue,
+        };
+        out.extend_from_slice(&s.as_bytes()[last..i]);
+        out.extend_from_slice(rep);
+        last = i + 1;
+    }
+    out.extend_from_slice(&s.as_bytes()[last..]);
+}
+
+/// The byte offset of `inner` inside `outer`, when `inner` is a sub-slice of it.
+pub(crate) fn offset_in(outer: &str, inner: &str) -> Option<usize> {
+    let off = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    (off + inner.len() <= outer.len()).then_some(off)
+}

@@ -1,0 +1,18 @@
+//! The test kit: real parts that play Salesforce and the legacy receiver around the proxy, used
+//! by the integration tests and by `obmguard demo` (so it is ordinary library code, not
+//! `cfg(test)`).
+//!
+//! - [`pki`]: a throw-away PKI written to a directory (every certificate to accept or refuse);
+//! - [`messages`]: Salesforce-shaped notification bodies with valid ids;
+//! - [`client`]: a TLS client speaking raw HTTP/1.1, optionally with a client certificate and a
+//!   chosen source address;
+//! - [`receiver`]: a recording SOAP receiver whose answer can be switched at run time.
+//!
+//! Nothing here is used on the proxy's request path, and none of it is hardened for production
+//! use: keys are test keys and the string scans in [`messages::find_element`] are not parsers.
+
+pub mod client;
+pub mod messages;
+pub mod pki;
+pub mod receiver;
+pub mod token_server;

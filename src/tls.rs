@@ -1,0 +1,434 @@
+//! Stage 2: the rustls listener and client-certificate verification.
+//!
+//! Threat model: the caller is anyone the source check let through. We require a client
+//! certificate on every connection (there is no setting to turn that off) and accept it when
+//! it chains to the configured CA bundle (webpki: validity dates, key usage, chain) or when
+//! its SHA-256 (of the DER, or of the SPKI) is pinned; webpki refuses a self-signed leaf as
+//! its own trust anchor, so pins have their own path here, which still checks the validity
+//! dates and the handshake signature. Several pins may be listed to stage a rotation.
+//! A certificate x509-parser cannot parse, or with several subject CNs, is refused.
+//!
+//! The TLS configuration (server certificate, CA bundle, pins) is rebuilt whole on reload and
+//! swapped atomically: connections already open keep the one they started with; a new
+//! configuration also starts a new session cache, so a session resumed after a reload cannot
+//! bypass trust that the reload withdrew.
+//! Not defended here: revocation (no CRL or OCSP), client-certificate renegotiation (rustls
+//! does not do it), and HTTP/2 (we only offer HTTP/1.1).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::tls::TlsStream;
+use pingora_core::protocols::Stream;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+
+use crate::config::{ClientTrust, Config};
+use crate::identity::PeerIdentity;
+use crate::metrics::Metrics;
+
+/// The crypto provider used everywhere (ring, as pingora-rustls installs).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Problems with certificate or key files, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    #[error("{path} holds no PEM certificate: give the chain, leaf first")]
+    NoCertificate { path: String },
+    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey { path: String },
+    #[error("{path}: a certificate could not be parsed; re-export it as PEM")]
+    BadCertificate { path: String },
+    #[error("{key} does not belong to the certificate in {cert}, or its type is unsupported: use the key the certificate was issued for")]
+    KeyMismatch { cert: String, key: String },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+    std::fs::read(path).map_err(|err| TlsFileError::Read {
+        path: path.display().to_string(),
+        err,
+    })
+}
+
+fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
+    let bytes = read(path)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
+    let certs = certs.map_err(|_| TlsFileError::BadCertificate {
+        path: path.display().to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsFileError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Load the server chain and key, check that they belong together, and return the leaf's
+/// `not_after` and subject. `check` runs this, so `serve` never meets an unreadable file
+/// (pingora's own loader would panic on one).
+pub fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<CertifiedKey>, i64, String), TlsFileError> {
+    let chain = pem_certs(cert)?;
+    let key_bytes = read(key)?;
+    let key_der = rustls_pemfile::private_key(&mut key_bytes.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsFileError::NoKey {
+            path: key.display().to_string(),
+        })?;
+    let (not_after, subject) = {
+        let leaf = PeerIdentity::from_der(&chain[0]).map_err(|_| TlsFileError::BadCertificate {
+            path: cert.display().to_string(),
+        })?;
+        (leaf.not_after, leaf.subject)
+    };
+    let ck = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|_| {
+        TlsFileError::KeyMismatch {
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+        }
+    })?;
+    Ok((Arc::new(ck), not_after, subject))
+}
+
+/// Load a PEM CA bundle; every certificate must parse. Returns the certificates and
+/// (subject, not_after) of each.
+pub fn load_ca_bundle(
+    path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, Vec<(String, i64)>), String> {
+    let certs = match pem_certs(path) {
+        Ok(c) => c,
+        Err(TlsFileError::NoCertificate { .. }) => {
+            return Err(format!(
+                "{} holds no certificate: an empty CA bundle would trust nobody; put Salesforce's CA (PEM) in it or use pin_sha256",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut expiry = Vec::new();
+    for c in &certs {
+        let id = PeerIdentity::from_der(c).map_err(|e| format!("{}: {e}", path.display()))?;
+        expiry.push((id.common_name.unwrap_or(id.subject), id.not_after));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, bad) = roots.add_parsable_certificates(certs.iter().cloned());
+    if bad > 0 {
+        return Err(format!(
+            "{}: {bad} certificate(s) cannot be used as a trust anchor",
+            path.display()
+        ));
+    }
+    Ok((certs, expiry))
+}
+
+/// Verifies client certificates: chain to the CA bundle, or a pin.
+pub struct ClientVerifier {
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
+    pins: Vec<[u8; 32]>,
+    spki_pins: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("ca", &self.webpki.is_some())
+            .field("pins", &self.pins.len())
+            .field("spki_pins", &self.spki_pins.len())
+            .finish()
+    }
+}
+
+impl ClientVerifier {
+    pub fn new(trust: &ClientTrust, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let provider = provider();
+        let webpki = if trust.roots.is_empty() {
+            None
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(trust.roots.iter().cloned());
+            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| format!("the CA bundle cannot verify client certificates: {e}"))?;
+            Some(v)
+        };
+        Ok(ClientVerifier {
+            webpki,
+            pins: trust.pins.clone(),
+            spki_pins: trust.spki_pins.clone(),
+            provider,
+            metrics,
+        })
+    }
+
+    fn refuse(
+        &self,
+        kind: &'static str,
+        err: rustls::Error,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.metrics.client_cert_rejection(kind);
+        Err(err)
+    }
+}
+
+fn cert_error_kind(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::UnknownIssuer => "unknown_issuer",
+            C::BadSignature => "bad_signature",
+            C::BadEncoding => "bad_encoding",
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => "wrong_key_usage",
+            C::Revoked => "revoked",
+            _ => "invalid",
+        },
+        _ => "invalid",
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        match &self.webpki {
+            Some(v) => v.root_hint_subjects(),
+            None => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let id = match PeerIdentity::from_der(end_entity) {
+            Ok(id) => id,
+            Err(e) => {
+                return self.refuse(
+                    e.kind(),
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
+                )
+            }
+        };
+        if self.pins.contains(&id.sha256) || self.spki_pins.contains(&id.spki_sha256) {
+            let now = now.as_secs() as i64;
+            if now > id.not_after {
+                return self.refuse(
+                    "expired",
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+                );
+            }
+            if now < id.not_before {
+                return self.refuse(
+                    "not_yet_valid",
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYet),
+                );
+            }
+            return Ok(ClientCertVerified::assertion());
+        }
+        match &self.webpki {
+            Some(v) => v
+                .verify_client_cert(end_entity, intermediates, now)
+                .or_else(|e| {
+                    let kind = match cert_error_kind(&e) {
+                        "unknown_issuer" if !self.pins.is_empty() || !self.spki_pins.is_empty() => {
+                            "unknown_issuer_not_pinned"
+                        }
+                        k => k,
+                    };
+                    self.refuse(kind, e)
+                }),
+            None => self.refuse(
+                "not_pinned",
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Build the rustls server configuration for one policy generation.
+pub fn server_config(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<ServerConfig>, String> {
+    let verifier = ClientVerifier::new(&config.trust, metrics)?;
+    let mut sc = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(FixedCert(config.server.certified_key.clone())));
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    sc.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    sc.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    Ok(Arc::new(sc))
+}
+
+/// Why a handshake did not complete, as a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    Timeout,
+    NoClientCert,
+    BadClientCert,
+    Protocol,
+    Closed,
+}
+
+impl HandshakeFailure {
+    pub fn kind(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NoClientCert => "no_client_cert",
+            HandshakeFailure::BadClientCert => "bad_client_cert",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Closed => "closed",
+        }
+    }
+}
+
+fn classify(e: &pingora_core::Error) -> HandshakeFailure {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.root_cause());
+    while let Some(c) = cause {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return match r {
+                rustls::Error::NoCertificatesPresented => HandshakeFailure::NoClientCert,
+                rustls::Error::InvalidCertificate(_) => HandshakeFailure::BadClientCert,
+                _ => HandshakeFailure::Protocol,
+            };
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                cause = Some(inner);
+                continue;
+            }
+            return HandshakeFailure::Closed;
+        }
+        cause = c.source();
+    }
+    HandshakeFailure::Protocol
+}
+
+/// The TLS stage: holds the current acceptor, swapped whole on reload.
+pub struct TlsStage {
+    acceptor: ArcSwap<Acceptor>,
+}
+
+impl TlsStage {
+    pub fn new(sc: Arc<ServerConfig>) -> Self {
+        TlsStage {
+            acceptor: ArcSwap::from_pointee(Acceptor::from_server_config(sc)),
+        }
+    }
+
+    /// Install a new configuration for connections accepted from now on.
+    pub fn replace(&self, sc: Arc<ServerConfig>) {
+        self.acceptor
+            .store(Arc::new(Acceptor::from_server_config(sc)));
+    }
+
+    /// Complete the handshake within `limit`, and parse the verified client certificate.
+    pub async fn handshake(
+        &self,
+        stream: Stream,
+        limit: Duration,
+    ) -> Result<(TlsStream<L4Stream>, Arc<PeerIdentity>), HandshakeFailure> {
+        // pingora hands applications a boxed stream; the handshake needs the TCP stream itself.
+        let l4 = *stream
+            .into_any()
+            .downcast::<L4Stream>()
+            .map_err(|_| HandshakeFailure::Protocol)?;
+        let acceptor = self.acceptor.load_full();
+        let tls = match tokio::time::timeout(
+            limit,
+            pingora_core::protocols::tls::server::handshake(&acceptor, l4),
+        )
+        .await
+        {
+            Err(_) => return Err(HandshakeFailure::Timeout),
+            Ok(Err(e)) => return Err(classify(&e)),
+            Ok(Ok(t)) => t,
+        };
+        use pingora_core::protocols::Ssl;
+        let der = tls
+            .get_ssl()
+            .and_then(|s| s.peer_certificate_der())
+            .ok_or(HandshakeFailure::NoClientCert)?;
+        // The verifier already parsed this certificate; failure here would be a bug, and is
+        // still a refusal rather than a panic.
+        let id = PeerIdentity::from_der(der).map_err(|_| HandshakeFailure::BadClientCert)?;
+        Ok((tls, Arc::new(id)))
+    }
+}
