@@ -58,6 +58,18 @@ pub enum Command {
         #[arg(long, default_value = "table")]
         format: crate::report::Format,
     },
+    /// Run a self-contained demonstration on loopback: throw-away PKI, a sample legacy
+    /// receiver, a token endpoint, the proxy, and notifications sent the way Salesforce does.
+    Demo {
+        /// Leave everything running and print curl lines to try.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Run the sample legacy receiver (answers Ack, logs the SessionId it received).
+    SampleReceiver {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate a downloaded Salesforce ip-ranges.json and write it where @salesforce reads it.
     ImportRanges {
         /// The downloaded https://ip-ranges.salesforce.com/ip-ranges.json.

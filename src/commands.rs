@@ -50,6 +50,8 @@ pub fn run(cmd: Command) -> i32 {
             }
         }
         Command::ImportRanges { from, to } => import_ranges(&from, &to),
+        Command::Demo { keep_running } => crate::demo::run(keep_running),
+        Command::SampleReceiver { listen } => crate::demo::sample_receiver(listen),
     }
 }
 

@@ -22,6 +22,27 @@ pub fn path(req: &RequestHeader) -> &str {
     req.uri.path()
 }
 
+/// Whether the raw request head names a header (case-insensitive, at a line start).
+fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
+    raw.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()] == b':'
+    })
+}
+
+/// pingora drops Content-Length when Transfer-Encoding is also present, so look at the head as
+/// it arrived: that combination is a request-smuggling shape and is never forwarded.
+pub fn check_raw_framing(session: &ServerSession) -> Result<(), Rejection> {
+    if let ServerSession::H1(h1) = session {
+        let raw = h1.get_headers_raw_bytes();
+        if raw_has_header(&raw, b"content-length") && raw_has_header(&raw, b"transfer-encoding") {
+            return Err(Rejection::AmbiguousLength);
+        }
+    }
+    Ok(())
+}
+
 /// Refuse request shapes we never forward, before looking at the body.
 pub fn check_framing(req: &RequestHeader, limits: &Limits) -> Result<(), Rejection> {
     let h = &req.headers;
@@ -106,6 +127,7 @@ pub async fn read_body(
 mod tests {
     use super::*;
 
+    #[allow(dead_code)]
     fn limits() -> Limits {
         Limits {
             max_connections: 10,
@@ -138,6 +160,17 @@ mod tests {
             check_framing(&r, &limits()),
             Err(Rejection::AmbiguousLength)
         ));
+    }
+
+    #[test]
+    fn finds_headers_in_the_raw_head_case_insensitively() {
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\ncontent-LENGTH: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(raw_has_header(raw, b"content-length"));
+        assert!(raw_has_header(raw, b"transfer-encoding"));
+        let in_path = b"POST /content-length: HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(!raw_has_header(in_path, b"content-length"));
+        let prefixed = b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n";
+        assert!(!raw_has_header(prefixed, b"content-length"));
     }
 
     #[test]

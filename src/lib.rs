@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod identity;
 pub mod intake;
 pub mod lifecycle;

@@ -213,6 +213,7 @@ impl Listener {
     ) -> Result<Bytes, Rejection> {
         let rt = &self.rt;
         let config = &gen.config;
+        intake::check_raw_framing(s)?;
         let req = s.req_header();
         intake::check_framing(req, &config.limits)?;
         let route = config

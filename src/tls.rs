@@ -359,26 +359,22 @@ impl HandshakeFailure {
     }
 }
 
+/// pingora flattens the rustls error into its message, so the kind is read from rustls's
+/// wording (exact reasons for refused certificates are counted by [`ClientVerifier`]).
 fn classify(e: &pingora_core::Error) -> HandshakeFailure {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.root_cause());
-    while let Some(c) = cause {
-        if let Some(r) = c.downcast_ref::<rustls::Error>() {
-            return match r {
-                rustls::Error::NoCertificatesPresented => HandshakeFailure::NoClientCert,
-                rustls::Error::InvalidCertificate(_) => HandshakeFailure::BadClientCert,
-                _ => HandshakeFailure::Protocol,
-            };
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                cause = Some(inner);
-                continue;
-            }
-            return HandshakeFailure::Closed;
-        }
-        cause = c.source();
+    let text = e.to_string();
+    if text.contains("peer sent no certificates") {
+        HandshakeFailure::NoClientCert
+    } else if text.contains("invalid peer certificate") {
+        HandshakeFailure::BadClientCert
+    } else if text.contains("end of file")
+        || text.contains("reset by peer")
+        || text.contains("Broken pipe")
+    {
+        HandshakeFailure::Closed
+    } else {
+        HandshakeFailure::Protocol
     }
-    HandshakeFailure::Protocol
 }
 
 /// The TLS stage: holds the current acceptor, swapped whole on reload.

@@ -61,8 +61,7 @@ fn classify(body: &[u8], limits: &Limits) -> Result<Answer, &'static str> {
     let mut faultstring = None;
     loop {
         match scanner.next().map_err(|e| e.reason())? {
-            Item::Open { tag, ns, .. } => {
-                let local = tag.local_name().into_inner();
+            Item::Open { ns, local, .. } => {
                 // SOAP 1.1 fault children are unqualified; some stacks qualify them anyway.
                 let fault_child = matches!(ns, Ns::None | Ns::Soap);
                 let child = match (stack.last_mut(), ns, local) {

@@ -13,7 +13,7 @@ use std::ops::Range;
 use quick_xml::events::BytesStart;
 use quick_xml::name::{PrefixDeclaration, QName};
 
-use super::scan::{offset_in, trim_xml, Chars, Item, Ns, Scanner};
+use super::scan::{offset_in, trim_xml, Chars, Item, Ns, Scanner, XsiAttrs};
 use super::{Limits, XmlError};
 
 /// What the message says about the session id. The value itself is never kept.
@@ -186,7 +186,14 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Message, XmlError> {
     };
     loop {
         match scanner.next()? {
-            Item::Open { tag, ns, at, after } => p.open(&scanner, &tag, ns, at, after)?,
+            Item::Open {
+                tag,
+                ns,
+                local,
+                xsi,
+                at,
+                after,
+            } => p.open(&scanner, &tag, (ns, local), xsi, at, after)?,
             Item::Close { at, end } => p.close(at, end)?,
             Item::Chars(at, chars) => p.chars(at, chars)?,
             Item::Eof => return Ok(p.msg),
@@ -212,11 +219,11 @@ impl Parser {
         &mut self,
         scanner: &Scanner<'_>,
         tag: &BytesStart<'_>,
-        ns: Ns,
+        (ns, local): (Ns, &str),
+        xsi: XsiAttrs<'_>,
         at: usize,
         after: usize,
     ) -> Result<(), XmlError> {
-        let local = tag.local_name().into_inner();
         let unexpected = |parent: &'static str| XmlError::UnexpectedElement {
             at,
             name: super::scan::shorten(tag.name().into_inner()),
@@ -274,7 +281,7 @@ impl Parser {
                 }
                 *last = Some(rank);
                 match field {
-                    Some(f) => self.open_leaf(scanner, tag, f, at, after)?,
+                    Some(f) => self.open_leaf(scanner, tag, f, xsi, at, after)?,
                     None => {
                         self.notifications += 1;
                         if self.notifications > self.limits.max_notifications {
@@ -289,11 +296,11 @@ impl Parser {
             Some(Ctx::Notification { stage }) => match (*stage, ns, local) {
                 (0, Ns::Outbound, "Id") => {
                     *stage = 1;
-                    self.open_leaf(scanner, tag, Field::NotificationId, at, after)?
+                    self.open_leaf(scanner, tag, Field::NotificationId, xsi, at, after)?
                 }
                 (1, Ns::Outbound, "sObject") => {
                     *stage = 2;
-                    let ty = sobject_type(scanner, tag, at)?;
+                    let ty = sobject_type(scanner, xsi, at)?;
                     self.msg.sobject_types.push(ty);
                     Ctx::Opaque
                 }
@@ -311,6 +318,7 @@ impl Parser {
         scanner: &Scanner<'_>,
         tag: &BytesStart<'_>,
         field: Field,
+        xsi: XsiAttrs<'_>,
         at: usize,
         after: usize,
     ) -> Result<Ctx, XmlError> {
@@ -331,11 +339,7 @@ impl Parser {
                 self.msg.spans.nil_prefix_bound = scanner.element_ns(probe) == Some(Ns::Xsi);
                 self.msg.spans.session = Some(element(scanner, tag, at, Some(nil_prefix))?);
                 self.session_value = false;
-                self.session_nil = tag.attributes().with_checks(false).flatten().any(|a| {
-                    scanner.attr_ns(a.key) == Some(Ns::Xsi)
-                        && a.key.local_name().into_inner() == "nil"
-                        && matches!(trim_xml(&a.value), "true" | "1")
-                });
+                self.session_nil = xsi.nil;
             }
             _ => {}
         }
@@ -480,34 +484,25 @@ fn element(
 }
 
 /// The local part of `sObject/@xsi:type`, whose prefix must be declared.
-fn sobject_type(
-    scanner: &Scanner<'_>,
-    tag: &BytesStart<'_>,
-    at: usize,
-) -> Result<String, XmlError> {
-    for attr in tag.attributes().with_checks(false).flatten() {
-        if scanner.attr_ns(attr.key) == Some(Ns::Xsi)
-            && attr.key.local_name().into_inner() == "type"
-        {
-            let value = trim_xml(&attr.value);
-            if value.contains('&') {
-                return Err(XmlError::Malformed {
-                    at,
-                    detail: "a reference inside xsi:type".to_owned(),
-                });
-            }
-            if scanner.element_ns(value).is_none() {
-                return Err(XmlError::UndeclaredPrefix {
-                    at,
-                    name: super::scan::shorten(value),
-                });
-            }
-            return Ok(QName(value).local_name().into_inner().to_owned());
-        }
+fn sobject_type(scanner: &Scanner<'_>, xsi: XsiAttrs<'_>, at: usize) -> Result<String, XmlError> {
+    let Some(value) = xsi.type_ else {
+        return Err(XmlError::Missing {
+            what: "xsi:type on an sObject",
+        });
+    };
+    if value.contains('&') {
+        return Err(XmlError::Malformed {
+            at,
+            detail: "a reference inside xsi:type".to_owned(),
+        });
     }
-    Err(XmlError::Missing {
-        what: "xsi:type on an sObject",
-    })
+    if scanner.element_ns(value).is_none() {
+        return Err(XmlError::UndeclaredPrefix {
+            at,
+            name: super::scan::shorten(value),
+        });
+    }
+    Ok(QName(value).local_name().into_inner().to_owned())
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use std::borrow::Cow;
 
 use quick_xml::events::attributes::AttrError;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{Namespace, QName, ResolveResult};
-use quick_xml::reader::NsReader;
+use quick_xml::name::{PrefixDeclaration, QName};
+use quick_xml::reader::Reader;
 
 use super::{Limits, XmlError};
 
@@ -43,16 +43,28 @@ pub(crate) enum Ns {
 }
 
 impl Ns {
-    fn of(r: ResolveResult<'_>) -> Option<Ns> {
-        match r {
-            ResolveResult::Unbound => Some(Ns::None),
-            ResolveResult::Bound(Namespace(SOAP_NS)) => Some(Ns::Soap),
-            ResolveResult::Bound(Namespace(OUTBOUND_NS)) => Some(Ns::Outbound),
-            ResolveResult::Bound(Namespace(XSI_NS)) => Some(Ns::Xsi),
-            ResolveResult::Bound(_) => Some(Ns::Other),
-            ResolveResult::Unknown(_) => None,
+    fn of(name: &str) -> Ns {
+        match name {
+            "" => Ns::None,
+            SOAP_NS => Ns::Soap,
+            OUTBOUND_NS => Ns::Outbound,
+            XSI_NS => Ns::Xsi,
+            _ => Ns::Other,
         }
     }
+}
+
+/// Namespace declarations in scope at once, all elements together. Resolution scans them, so
+/// this bounds its cost (quick-xml's own resolver uses the same figure).
+const MAX_BINDINGS: usize = 128;
+
+/// One `xmlns[:prefix]` declaration in scope.
+struct Binding<'i> {
+    /// Empty for the default namespace.
+    prefix: &'i str,
+    ns: Ns,
+    /// Depth of the declaring element (1 = root).
+    depth: usize,
 }
 
 /// One step of the document. Byte offsets are into the whole body (BOM included).
@@ -61,6 +73,10 @@ pub(crate) enum Item<'i> {
     Open {
         tag: BytesStart<'i>,
         ns: Ns,
+        /// The local part of the name.
+        local: &'i str,
+        /// Its `xsi:type` and `xsi:nil` attributes.
+        xsi: XsiAttrs<'i>,
         /// Offset of the `<`.
         at: usize,
         /// Offset just after the tag's `>`.
@@ -77,6 +93,15 @@ pub(crate) enum Item<'i> {
     /// resolved reference.
     Chars(usize, Chars<'i>),
     Eof,
+}
+
+/// The XML Schema instance attributes of an element (prefix resolved, any prefix).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct XsiAttrs<'i> {
+    /// The raw `xsi:type` value, trimmed.
+    pub(crate) type_: Option<&'i str>,
+    /// `xsi:nil` is `true` or `1`.
+    pub(crate) nil: bool,
 }
 
 /// A piece of character data.
@@ -109,8 +134,13 @@ impl Chars<'_> {
 }
 
 /// The validating tokenizer. Create one per body with [`Scanner::new`].
+///
+/// It resolves namespaces itself rather than through quick-xml's `NsReader`: it needs only to
+/// classify a handful of namespaces, and doing so while it checks the attributes it must check
+/// anyway halves the cost of a parse.
 pub(crate) struct Scanner<'i> {
-    reader: NsReader<&'i [u8]>,
+    reader: Reader<&'i [u8]>,
+    bindings: Vec<Binding<'i>>,
     body: &'i str,
     /// Bytes skipped before quick-xml's offset 0 (a UTF-8 BOM).
     base: usize,
@@ -144,7 +174,7 @@ impl<'i> Scanner<'i> {
         } else {
             0
         };
-        let mut reader = NsReader::from_reader(body);
+        let mut reader = Reader::from_reader(body);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.expand_empty_elements = false;
@@ -153,6 +183,7 @@ impl<'i> Scanner<'i> {
         config.allow_unmatched_ends = false;
         Ok(Scanner {
             reader,
+            bindings: Vec::with_capacity(8),
             body: text,
             base,
             limits: *limits,
@@ -185,12 +216,32 @@ impl<'i> Scanner<'i> {
     /// just opened in scope (also right for QName-valued attributes such as `xsi:type`).
     /// `None` means an undeclared prefix.
     pub(crate) fn element_ns(&self, name: &str) -> Option<Ns> {
-        Ns::of(self.reader.resolver().resolve_element(QName(name)).0)
+        self.lookup(QName(name).prefix().map(|p| p.into_inner()), true)
     }
 
     /// The namespace of an attribute name (unprefixed attributes are in no namespace).
     pub(crate) fn attr_ns(&self, key: QName<'_>) -> Option<Ns> {
-        Ns::of(self.reader.resolver().resolve_attribute(key).0)
+        self.lookup(key.prefix().map(|p| p.into_inner()), false)
+    }
+
+    fn lookup(&self, prefix: Option<&str>, use_default: bool) -> Option<Ns> {
+        match prefix {
+            None if !use_default => Some(Ns::None),
+            None => Some(
+                self.bindings
+                    .iter()
+                    .rev()
+                    .find(|b| b.prefix.is_empty())
+                    .map_or(Ns::None, |b| b.ns),
+            ),
+            Some("xml") => Some(Ns::Other),
+            Some(p) => self
+                .bindings
+                .iter()
+                .rev()
+                .find(|b| b.prefix == p)
+                .map(|b| b.ns),
+        }
     }
 
     /// The next item, or the reason the body is refused.
@@ -286,31 +337,67 @@ impl<'i> Scanner<'i> {
                 at,
             });
         }
-        self.check_attributes(&tag, at)?;
-        let ns = Ns::of(self.reader.resolver().resolve_element(tag.name()).0).ok_or_else(|| {
-            XmlError::UndeclaredPrefix {
-                at,
-                name: shorten(tag.name().0),
-            }
-        })?;
         self.depth += 1;
+        let xsi = self.check_attributes(&tag, at)?;
+        // The name, re-sliced from the body so it outlives the tag (it starts after the `<`).
+        let name_len = tag.name().0.len();
+        let name = self
+            .body
+            .get(at + 1..at + 1 + name_len)
+            .ok_or_else(|| malformed(at, "a tag the tokenizer did not borrow"))?;
+        // A byte loop: names are short, and `split_once` costs more than the lookup itself.
+        let (prefix, local) = match name.bytes().position(|b| b == b':') {
+            Some(i) => (name.get(..i), name.get(i + 1..).unwrap_or_default()),
+            None => (None, name),
+        };
+        let ns = self
+            .lookup(prefix, true)
+            .ok_or_else(|| XmlError::UndeclaredPrefix {
+                at,
+                name: shorten(name),
+            })?;
         let after = self.pos();
         if empty {
             self.pending_close = Some(after);
         }
-        Ok(Item::Open { tag, ns, at, after })
+        Ok(Item::Open {
+            tag,
+            ns,
+            local,
+            xsi,
+            at,
+            after,
+        })
     }
 
     fn close(&mut self, at: usize, end: usize) -> Item<'i> {
         self.depth = self.depth.saturating_sub(1);
+        while self.bindings.last().is_some_and(|b| b.depth > self.depth) {
+            self.bindings.pop();
+        }
         if self.depth == 0 {
             self.root_done = true;
         }
         Item::Close { at, end }
     }
 
-    fn check_attributes(&self, tag: &BytesStart<'_>, at: usize) -> Result<(), XmlError> {
+    /// Check the attributes of the element just opened (at `self.depth`), bring its namespace
+    /// declarations into scope and pick out its `xsi:` attributes, in one pass.
+    fn check_attributes(
+        &mut self,
+        tag: &BytesStart<'_>,
+        at: usize,
+    ) -> Result<XsiAttrs<'i>, XmlError> {
+        let mut xsi = XsiAttrs::default();
+        if tag.name().0.is_empty() {
+            return Err(malformed(at, "an element without a name"));
+        }
+        if tag.attributes_raw().is_empty() {
+            return Ok(xsi);
+        }
         let mut count = 0usize;
+        // Attributes whose prefix is declared later in the same tag: resolved after the loop.
+        let mut unresolved = false;
         for attr in tag.attributes() {
             let attr = attr.map_err(|e| match e {
                 AttrError::Duplicated(..) => XmlError::DuplicateAttribute { at },
@@ -323,31 +410,109 @@ impl<'i> Scanner<'i> {
                     at,
                 });
             }
-            if attr.value.contains('<') {
-                return Err(malformed(at, "`<` in an attribute value"));
-            }
-            if attr.value.contains('&') {
-                if attr.key.as_namespace_binding().is_some() {
-                    return Err(XmlError::ReferenceInNamespace { at });
-                }
-                check_references(&attr.value, at)?;
-            }
             if attr.key.0.is_empty() {
                 return Err(malformed(at, "an attribute without a name"));
             }
-            if attr.key.prefix().is_some()
-                && attr.key.as_namespace_binding().is_none()
-                && self.attr_ns(attr.key).is_none()
-            {
-                return Err(XmlError::UndeclaredPrefix {
-                    at,
-                    name: shorten(attr.key.0),
-                });
+            if attr.value.contains('<') {
+                return Err(malformed(at, "`<` in an attribute value"));
+            }
+            if let Some(decl) = attr.key.as_namespace_binding() {
+                self.bind(decl, &attr.value, at)?;
+                continue;
+            }
+            if attr.value.contains('&') {
+                check_references(&attr.value, at)?;
+            }
+            if let Some((_, local)) = attr.key.0.split_once(':') {
+                match self.attr_ns(attr.key) {
+                    Some(Ns::Xsi) => self.note_xsi(&mut xsi, local, &attr.value),
+                    Some(_) => {}
+                    None => unresolved = true,
+                }
             }
         }
-        if tag.name().0.is_empty() {
-            return Err(malformed(at, "an element without a name"));
+        if unresolved {
+            xsi = XsiAttrs::default();
+            for attr in tag.attributes().with_checks(false).flatten() {
+                if attr.key.as_namespace_binding().is_some() {
+                    continue;
+                }
+                match self.attr_ns(attr.key) {
+                    Some(Ns::Xsi) => {
+                        let local = attr.key.local_name().into_inner();
+                        self.note_xsi(&mut xsi, local, &attr.value)
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(XmlError::UndeclaredPrefix {
+                            at,
+                            name: shorten(attr.key.0),
+                        })
+                    }
+                }
+            }
         }
+        Ok(xsi)
+    }
+
+    fn note_xsi(&self, xsi: &mut XsiAttrs<'i>, local: &str, value: &str) {
+        let value = trim_xml(value);
+        match local {
+            "nil" => xsi.nil = matches!(value, "true" | "1"),
+            // Re-slice from the body so the value outlives the tag.
+            "type" => {
+                xsi.type_ =
+                    offset_in(self.body, value).and_then(|o| self.body.get(o..o + value.len()))
+            }
+            _ => {}
+        }
+    }
+
+    /// Bring one namespace declaration into scope, refusing what Namespaces in XML 1.0 forbids.
+    fn bind(
+        &mut self,
+        decl: PrefixDeclaration<'_>,
+        value: &str,
+        at: usize,
+    ) -> Result<(), XmlError> {
+        const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+        const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+        if value.contains('&') {
+            return Err(XmlError::ReferenceInNamespace { at });
+        }
+        let bad = |detail: &str| Err(malformed(at, detail));
+        let prefix = match decl {
+            PrefixDeclaration::Default => "",
+            PrefixDeclaration::Named("xml") if value == XML_NS => return Ok(()),
+            PrefixDeclaration::Named("xml" | "xmlns") => {
+                return bad("a declaration of the reserved prefix xml or xmlns")
+            }
+            PrefixDeclaration::Named(_) if value.is_empty() => {
+                return bad("a prefix declared with an empty namespace name")
+            }
+            PrefixDeclaration::Named(p) => p,
+        };
+        if value == XML_NS || value == XMLNS_NS {
+            return bad("a declaration of a reserved namespace");
+        }
+        if self.bindings.len() >= MAX_BINDINGS {
+            return Err(malformed(
+                at,
+                "more than 128 namespace declarations in scope",
+            ));
+        }
+        // Keep the prefix as a slice of the body, which outlives the tag.
+        let prefix = match prefix {
+            "" => "",
+            p => offset_in(self.body, p)
+                .and_then(|o| self.body.get(o..o + p.len()))
+                .ok_or_else(|| malformed(at, "a declaration the tokenizer did not borrow"))?,
+        };
+        self.bindings.push(Binding {
+            prefix,
+            ns: Ns::of(value),
+            depth: self.depth,
+        });
         Ok(())
     }
 
@@ -362,10 +527,6 @@ impl<'i> Scanner<'i> {
                 malformed(at, "a `&` that does not start a reference")
             }
             quick_xml::Error::Encoding(_) => XmlError::InvalidUtf8 { at },
-            quick_xml::Error::Namespace(ns) => XmlError::Malformed {
-                at,
-                detail: shorten(&ns.to_string()),
-            },
             other => XmlError::Malformed {
                 at,
                 detail: shorten(&other.to_string()),
@@ -421,8 +582,9 @@ pub(crate) fn is_xml_char(c: char) -> bool {
 /// The input is already known to be valid UTF-8.
 fn check_chars(body: &[u8]) -> Result<(), XmlError> {
     // Fold whole chunks without early exit so the hot loop vectorises; locate only on failure.
+    // Bitwise, not short-circuit, so the hot loop vectorises.
     const fn suspicious(b: u8) -> bool {
-        (b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') || b == 0xEF
+        ((b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')) | (b == 0xEF)
     }
     for (i, chunk) in body.chunks(64).enumerate() {
         if !chunk.iter().fold(false, |acc, &b| acc | suspicious(b)) {

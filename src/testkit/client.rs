@@ -144,10 +144,15 @@ impl Response {
         }
     }
 
-    /// The text of the SOAP `faultstring`, when the body is a fault.
+    /// The text of the SOAP `faultstring` (unescaped), when the body is a fault.
     pub fn fault_string(&self) -> Option<String> {
         let body = self.body_str();
-        find_element(&body, "faultstring")?.text.map(str::to_string)
+        let raw = find_element(&body, "faultstring")?.text?;
+        Some(
+            quick_xml::escape::unescape(raw)
+                .map(|t| t.into_owned())
+                .unwrap_or_else(|_| raw.to_string()),
+        )
     }
 }
 

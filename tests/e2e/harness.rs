@@ -1,0 +1,276 @@
+//! Boots the real `obmguard` binary on ephemeral loopback ports with a configuration written
+//! into a temporary directory, certificates generated at test time, and the test kit's real
+//! receiver. Logs (stderr) are captured so tests can assert what was, and was not, logged.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use obmguard::testkit::client::{post_once, Connection, Response, TlsClientConfig};
+use obmguard::testkit::messages::Sample;
+use obmguard::testkit::pki::{Identity, Pki};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const ORG: &str = obmguard::testkit::messages::ORG_ID;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory with a PKI in it.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&dir.path().join("pki")).unwrap();
+        World { dir, pki }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A client that trusts our server CA and presents `identity`.
+    pub fn client(&self, identity: Option<&Identity>) -> TlsClientConfig {
+        let c = TlsClientConfig::new(&self.pki.server_ca);
+        match identity {
+            Some(i) => c.with_identity(i),
+            None => c,
+        }
+    }
+
+    /// The usual client: Salesforce's CA-signed certificate.
+    pub fn salesforce(&self) -> TlsClientConfig {
+        self.client(Some(&self.pki.salesforce))
+    }
+}
+
+/// What to write into obmguard.toml besides the defaults.
+pub struct Setup {
+    pub client_cert: String,
+    pub source: String,
+    pub extra: String,
+    pub routes: Vec<(String, String)>,
+}
+
+impl Setup {
+    /// Trust the test client CA; admit 127.0.0.1.
+    pub fn new(w: &World) -> Setup {
+        Setup {
+            client_cert: format!("ca_bundle = {:?}\n", w.pki.client_ca.display().to_string()),
+            source: "allow = [\"127.0.0.1/32\"]\n".into(),
+            extra: String::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    pub fn route(mut self, file: &str, toml: impl Into<String>) -> Setup {
+        self.routes.push((file.into(), toml.into()));
+        self
+    }
+}
+
+/// A minimal route policy body (append tables with `+`).
+pub fn route(name: &str, path: &str, upstream: &str, mode: &str) -> String {
+    format!(
+        "name = {name:?}\npath = {path:?}\nupstream = {upstream:?}\nupstream_timeout_ms = 5000\n\n[message]\norganization_ids = [{ORG:?}]\nsession_id = {mode:?}\n"
+    )
+}
+
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub audit: PathBuf,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    /// Write the configuration and start `obmguard serve`, waiting until /readyz says ready.
+    pub async fn start(w: &World, s: &Setup) -> Proxy {
+        Self::try_start(w, s, &[]).await.unwrap()
+    }
+
+    pub async fn try_start(w: &World, s: &Setup, env: &[(&str, &str)]) -> Result<Proxy, String> {
+        let port = free_port();
+        let admin_port = free_port();
+        let policies = w.path("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        for (f, body) in &s.routes {
+            std::fs::write(policies.join(f), body).unwrap();
+        }
+        let audit = w.path("audit.jsonl");
+        let config = w.path("obmguard.toml");
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\ntls_cert = {:?}\ntls_key = {:?}\nadmin_listen = \"127.0.0.1:{admin_port}\"\npolicies = \"policies\"\naudit_log = {:?}\nthreads = 2\n\n[client_cert]\n{}\n[source]\n{}\n{}",
+            w.pki.server.cert.display().to_string(),
+            w.pki.server.key.display().to_string(),
+            audit.display().to_string(),
+            s.client_cert,
+            s.source,
+            s.extra
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_obmguard"));
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .arg("--upgrade-sock")
+            .arg(w.path("upgrade.sock"));
+        cmd.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        let mut p = Proxy {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+            config,
+            audit,
+            logs,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(format!("obmguard exited with {status}:\n{}", p.logs()));
+            }
+            if let Ok((200, _)) = p.get("/readyz").await {
+                return Ok(p);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(format!("obmguard did not become ready:\n{}", p.logs()));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Wait for the process to exit and return its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Plain-HTTP GET on the admin listener.
+    pub async fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.admin, path).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.unwrap().1
+    }
+
+    /// POST a notification body with the given client configuration.
+    pub async fn post(
+        &self,
+        client: &TlsClientConfig,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        post_once(self.addr, client, path, body).await
+    }
+
+    pub async fn connect(&self, client: &TlsClientConfig) -> std::io::Result<Connection> {
+        Connection::connect(self.addr, client).await
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of one metric series from the text exposition (`name{labels}` as printed).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == series).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A default notification, with or without a session id.
+pub fn notification(session: Option<&str>) -> Vec<u8> {
+    Sample {
+        session_id: session.map(str::to_string),
+        ..Sample::default()
+    }
+    .body()
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real obmguard binary, real TLS with certificates generated at test
+//! time, a real HTTP receiver and token endpoint, all on loopback. One binary, a module per
+//! stage or concern, sharing one harness.
+
+mod harness;
+
+mod check;
+mod core;
+mod oauth;
+mod soap;
