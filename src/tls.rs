@@ -103,7 +103,7 @@ pub fn load_certified_key(
         let leaf = PeerIdentity::from_der(&chain[0]).map_err(|_| TlsFileError::BadCertificate {
             path: cert.display().to_string(),
         })?;
-        (leaf.not_after, leaf.subject)
+        (leaf.not_after, leaf.common_name.unwrap_or(leaf.subject))
     };
     let ck = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|_| {
         TlsFileError::KeyMismatch {

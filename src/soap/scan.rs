@@ -6,8 +6,8 @@
 //! XML 1.0 characters only, no DTD, no entity other than the five predefined ones, no processing
 //! instruction, an XML declaration only at the very start, one root with nothing but whitespace
 //! around it, balanced tags, a depth limit, an attribute limit, no duplicate attributes, no
-//! undeclared prefix and no reference inside a namespace declaration (quick-xml resolves
-//! namespaces from the raw attribute value, a conforming parser from the unescaped one, so a
+//! undeclared prefix and no reference inside a namespace declaration (namespaces are resolved
+//! here from the raw attribute value, by a conforming parser from the unescaped one, so a
 //! `&#x6f;` there could make us and the receiver disagree on which element is the SessionId).
 //!
 //! It does not know what a SOAP message is: the structure is the callers' business.

@@ -200,6 +200,14 @@ impl Connection {
         self.stream.get_ref().1.protocol_version()
     }
 
+    /// Lowercase hex SHA-256 of the server's leaf certificate (DER), to see which certificate
+    /// the server presented.
+    pub fn server_cert_sha256(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let leaf = self.stream.get_ref().1.peer_certificates()?.first()?;
+        Some(hex::encode(Sha256::digest(leaf.as_ref())))
+    }
+
     /// Write `bytes` as they are, then read one response.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<Response> {
         self.stream.write_all(bytes).await?;

@@ -3,13 +3,16 @@
 //! a proper Ack, a nack, a SOAP fault, an HTML page, a bare status, nothing at all, a slow Ack,
 //! a huge body, garbage, or a closed connection.
 //!
-//! It plays the receiver behind the proxy in the integration tests and in `obmguard demo`.
+//! It plays the receiver behind the proxy in the integration tests, in `obmguard demo`, and as
+//! `obmguard sample-receiver` (bound with [`Receiver::start_on`], logging with
+//! [`Receiver::set_logging`]: one line per request, the SessionId reduced to its length).
 //! It deliberately does not validate the SOAP it receives: tests assert on [`Received`]. Request
 //! bodies are bounded at [`MAX_REQUEST_BODY`] (larger ones get 413 and are recorded empty).
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -28,6 +31,9 @@ use super::messages::find_element;
 
 /// Largest request body the receiver reads.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
+/// While logging is on, only this many of the latest requests are kept, so a long-running
+/// sample receiver does not grow without bound.
+pub const LOGGING_KEEP: usize = 100;
 
 /// The exact body of a successful answer.
 pub const ACK_BODY: &str = r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#;
@@ -122,12 +128,27 @@ impl Received {
     pub fn is_session_id_nil(&self) -> bool {
         find_element(&self.body_str(), "SessionId").is_some_and(|e| e.is_nil())
     }
+
+    /// What the first `SessionId` element held, safe to log: `absent`, `nil`, `empty`, or
+    /// `a value of N bytes` (never the value itself).
+    pub fn session_id_summary(&self) -> String {
+        let body = self.body_str();
+        match find_element(&body, "SessionId") {
+            None => "absent".to_string(),
+            Some(e) if e.is_nil() => "nil".to_string(),
+            Some(e) => match e.text.map(str::trim).unwrap_or_default().len() {
+                0 => "empty".to_string(),
+                n => format!("a value of {n} bytes"),
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     behaviour: Mutex<Behaviour>,
     requests: Mutex<Vec<Received>>,
+    logging: AtomicBool,
 }
 
 /// A running receiver. Dropping it stops it like [`Receiver::shutdown`].
@@ -142,7 +163,12 @@ pub struct Receiver {
 impl Receiver {
     /// Start a plain-HTTP receiver on `127.0.0.1` with an OS-chosen port.
     pub async fn start(behaviour: Behaviour) -> io::Result<Receiver> {
-        Self::bind(behaviour, None).await
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), behaviour, None).await
+    }
+
+    /// Start a plain-HTTP receiver on `addr` (port 0: chosen by the OS).
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> io::Result<Receiver> {
+        Self::bind(addr, behaviour, None).await
     }
 
     /// Start an HTTPS receiver presenting the certificate of `config` (for example
@@ -151,16 +177,22 @@ impl Receiver {
         behaviour: Behaviour,
         config: rustls::ServerConfig,
     ) -> io::Result<Receiver> {
-        Self::bind(behaviour, Some(TlsAcceptor::from(Arc::new(config)))).await
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::bind(addr, behaviour, Some(TlsAcceptor::from(Arc::new(config)))).await
     }
 
-    async fn bind(behaviour: Behaviour, tls: Option<TlsAcceptor>) -> io::Result<Receiver> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+    async fn bind(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        tls: Option<TlsAcceptor>,
+    ) -> io::Result<Receiver> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(behaviour),
             requests: Mutex::new(Vec::new()),
+            logging: AtomicBool::new(false),
         });
         let task = tokio::spawn(accept_loop(listener, tls, shared.clone()));
         Ok(Receiver {
@@ -184,6 +216,12 @@ impl Receiver {
     /// Answer later requests, including ones on open connections, this way.
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         *lock(&self.shared.behaviour) = behaviour;
+    }
+
+    /// Log one `info` line per later request (path, peer, body size, and what its SessionId
+    /// held per [`Received::session_id_summary`]), keeping only the latest [`LOGGING_KEEP`].
+    pub fn set_logging(&self, on: bool) {
+        self.shared.logging.store(on, Ordering::Relaxed);
     }
 
     /// Every request received so far, oldest first.
@@ -282,7 +320,23 @@ async fn handle(
         body: body.map(|b| b.to_bytes().to_vec()).unwrap_or_default(),
         peer,
     };
-    lock(&shared.requests).push(received);
+    if shared.logging.load(Ordering::Relaxed) {
+        tracing::info!(
+            method = %received.method,
+            path = %received.path,
+            peer = %received.peer,
+            body_bytes = received.body.len(),
+            session_id = %received.session_id_summary(),
+            "sample receiver got a request; answering {:?}",
+            lock(&shared.behaviour).clone()
+        );
+        let mut requests = lock(&shared.requests);
+        let excess = (requests.len() + 1).saturating_sub(LOGGING_KEEP);
+        requests.drain(..excess);
+        requests.push(received);
+    } else {
+        lock(&shared.requests).push(received);
+    }
     if too_large {
         return Ok(reply(
             StatusCode::PAYLOAD_TOO_LARGE,

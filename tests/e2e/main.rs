@@ -7,4 +7,5 @@ mod harness;
 mod check;
 mod core;
 mod oauth;
+mod ops;
 mod soap;
