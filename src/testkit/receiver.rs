@@ -465,6 +465,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn summarises_the_session_id_without_its_value() {
+        let receiver = Receiver::start_on("127.0.0.1:0".parse().unwrap(), Behaviour::Ack)
+            .await
+            .unwrap();
+        receiver.set_logging(true);
+        let nil = Sample {
+            session_id: None,
+            ..Sample::default()
+        };
+        for body in [Sample::default().body(), nil.body(), b"<x/>".to_vec()] {
+            post(&receiver, &body).await.unwrap();
+        }
+        let seen: Vec<String> = receiver
+            .requests()
+            .iter()
+            .map(Received::session_id_summary)
+            .collect();
+        let value = format!("a value of {} bytes", SESSION_ID.len());
+        assert_eq!(seen, [value.as_str(), "nil", "absent"]);
+    }
+
+    #[tokio::test]
+    async fn logging_keeps_only_the_latest_requests() {
+        let receiver = Receiver::start(Behaviour::Ack).await.unwrap();
+        receiver.set_logging(true);
+        for i in 0..LOGGING_KEEP + 3 {
+            post(&receiver, format!("<m>{i}</m>").as_bytes())
+                .await
+                .unwrap();
+        }
+        assert_eq!(receiver.count(), LOGGING_KEEP);
+        let last = format!("<m>{}</m>", LOGGING_KEEP + 2);
+        assert_eq!(receiver.last().unwrap().body, last.as_bytes());
+    }
+
+    #[tokio::test]
     async fn answers_each_behaviour() {
         let receiver = Receiver::start(Behaviour::Nack).await.unwrap();
         let cases: Vec<(Behaviour, u16, Vec<u8>)> = vec![

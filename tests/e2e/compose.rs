@@ -47,7 +47,10 @@ fn compose() -> Yaml {
 
 fn service<'a>(c: &'a Yaml, name: &str) -> &'a Yaml {
     let s = &c["services"][name];
-    assert!(s.as_hash().is_some(), "docker-compose.yml has no service {name}");
+    assert!(
+        s.as_hash().is_some(),
+        "docker-compose.yml has no service {name}"
+    );
     s
 }
 
@@ -58,6 +61,11 @@ fn services(c: &Yaml) -> Vec<(String, &Yaml)> {
         .iter()
         .map(|(k, v)| (k.as_str().unwrap().to_string(), v))
         .collect()
+}
+
+/// A sequence, or nothing when the key is absent.
+fn list(v: &Yaml) -> &[Yaml] {
+    v.as_vec().map(Vec::as_slice).unwrap_or_default()
 }
 
 /// A command as a list of words (compose accepts a list or a string).
@@ -98,7 +106,7 @@ struct Mount {
 /// not repository files and are left out.
 fn mounts(c: &Yaml, svc: &Yaml) -> Vec<Mount> {
     let mut out = Vec::new();
-    for v in svc["volumes"].as_vec().map(Vec::as_slice).unwrap_or_default() {
+    for v in list(&svc["volumes"]) {
         let (source, target, read_only) = match v {
             Yaml::String(s) => {
                 let parts: Vec<&str> = s.split(':').collect();
@@ -127,7 +135,7 @@ fn mounts(c: &Yaml, svc: &Yaml) -> Vec<Mount> {
             read_only,
         });
     }
-    for s in svc["secrets"].as_vec().map(Vec::as_slice).unwrap_or_default() {
+    for s in list(&svc["secrets"]) {
         let (name, target) = match s {
             Yaml::String(n) => (n.clone(), format!("/run/secrets/{n}")),
             long => {
@@ -170,15 +178,18 @@ fn exists_or_made(rel: &Path) -> bool {
     repo().join(rel).exists() || MADE_BY_DEV_PKI.iter().any(|m| Path::new(m) == rel)
 }
 
-fn toml_file(rel: &Path) -> toml::Value {
-    read(rel).parse().unwrap()
+fn toml_file(rel: &Path) -> toml::Table {
+    toml::from_str(&read(rel)).unwrap()
 }
 
 /// The container path of the configuration `obmguard serve` is started with.
 fn proxy_config_target(svc: &Yaml) -> PathBuf {
     let cmd = words(&svc["command"]);
     assert_eq!(cmd.first().map(String::as_str), Some("serve"), "{cmd:?}");
-    let i = cmd.iter().position(|w| w == "--config").expect("serve --config");
+    let i = cmd
+        .iter()
+        .position(|w| w == "--config")
+        .expect("serve --config");
     PathBuf::from(&cmd[i + 1])
 }
 
@@ -187,11 +198,20 @@ fn compose_defines_the_proxy_the_receiver_and_prometheus() {
     let c = compose();
     let names: Vec<String> = services(&c).into_iter().map(|(n, _)| n).collect();
     for want in ["obmguard", "receiver", "prometheus"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
     let receiver = words(&service(&c, "receiver")["command"]);
-    assert_eq!(receiver.first().map(String::as_str), Some("sample-receiver"));
-    assert!(receiver.iter().any(|w| w.starts_with("0.0.0.0:")), "{receiver:?}");
+    assert_eq!(
+        receiver.first().map(String::as_str),
+        Some("sample-receiver")
+    );
+    assert!(
+        receiver.iter().any(|w| w.starts_with("0.0.0.0:")),
+        "{receiver:?}"
+    );
     assert!(service(&c, "prometheus")["image"]
         .as_str()
         .unwrap()
@@ -208,10 +228,18 @@ fn the_commands_compose_runs_exist_in_the_cli() {
             .arg("--help")
             .output()
             .unwrap();
-        assert!(out.status.success(), "obmguard has no subcommand {:?}", cmd[0]);
+        assert!(
+            out.status.success(),
+            "obmguard has no subcommand {:?}",
+            cmd[0]
+        );
         let help = String::from_utf8_lossy(&out.stdout);
         for flag in cmd.iter().filter(|w| w.starts_with("--")) {
-            assert!(help.contains(flag.as_str()), "`obmguard {}` has no {flag}", cmd[0]);
+            assert!(
+                help.contains(flag.as_str()),
+                "`obmguard {}` has no {flag}",
+                cmd[0]
+            );
         }
     }
 }
@@ -222,15 +250,25 @@ fn proxy_and_receiver_build_from_the_repository_dockerfile() {
     for name in ["obmguard", "receiver"] {
         let build = &service(&c, name)["build"];
         let context = build.as_str().or_else(|| build["context"].as_str());
-        assert_eq!(context, Some("."), "{name} must build from the repository root");
+        assert_eq!(
+            context,
+            Some("."),
+            "{name} must build from the repository root"
+        );
     }
-    assert!(repo().join("Dockerfile").is_file(), "./Dockerfile is missing");
+    assert!(
+        repo().join("Dockerfile").is_file(),
+        "./Dockerfile is missing"
+    );
     let dockerfile = read("Dockerfile");
     assert!(dockerfile.contains("cargo build --release --locked"));
     assert!(dockerfile.contains(r#"ENTRYPOINT ["obmguard"]"#));
     let ignore = read(".dockerignore");
     for never in ["target", "secrets", "certs/*.key"] {
-        assert!(ignore.lines().any(|l| l.trim() == never), ".dockerignore must list {never}");
+        assert!(
+            ignore.lines().any(|l| l.trim() == never),
+            ".dockerignore must list {never}"
+        );
     }
 }
 
@@ -259,7 +297,10 @@ fn dev_pki_script_names_every_file_it_is_relied_on_for() {
     assert!(script.contains("set -euo pipefail"));
     for f in MADE_BY_DEV_PKI {
         assert!(script.contains(f), "{SCRIPT} does not mention {f}");
-        assert!(is_ignored(f), "{f} is not git-ignored: it must never be committed");
+        assert!(
+            is_ignored(f),
+            "{f} is not git-ignored: it must never be committed"
+        );
     }
 }
 
@@ -267,7 +308,10 @@ fn dev_pki_script_names_every_file_it_is_relied_on_for() {
 fn is_ignored(rel: &str) -> bool {
     let root = read(".gitignore");
     let certs = read("certs/.gitignore");
-    let ext = Path::new(rel).extension().and_then(|e| e.to_str()).unwrap_or("");
+    let ext = Path::new(rel)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("");
     (rel.starts_with("secrets/") && root.lines().any(|l| l.trim() == "/secrets/"))
         || (rel.starts_with("certs/") && certs.lines().any(|l| l.trim() == format!("*.{ext}")))
 }
@@ -303,7 +347,12 @@ fn compose_config_names_the_same_files_in_the_container_as_in_the_repository() {
         server["tls_key"].as_str().unwrap(),
         cfg["client_cert"]["ca_bundle"].as_str().unwrap(),
     ];
-    files.push(server.get("policies").and_then(|p| p.as_str()).unwrap_or("policies"));
+    files.push(
+        server
+            .get("policies")
+            .and_then(|p| p.as_str())
+            .unwrap_or("policies"),
+    );
     for f in files {
         let on_host = normalize(&Path::new(COMPOSE_CONFIG).parent().unwrap().join(f));
         let in_container = normalize(&target.parent().unwrap().join(f));
@@ -341,7 +390,10 @@ fn oauth_secrets_are_mounted_where_the_policies_read_them() {
             continue;
         };
         for key in ["client_secret", "private_key"] {
-            let Some(file) = oauth.get(key).and_then(|s| s.get("file")).and_then(|f| f.as_str())
+            let Some(file) = oauth
+                .get(key)
+                .and_then(|s| s.get("file"))
+                .and_then(|f| f.as_str())
             else {
                 continue;
             };
@@ -359,7 +411,10 @@ fn oauth_secrets_are_mounted_where_the_policies_read_them() {
             checked += 1;
         }
     }
-    assert!(checked > 0, "no policy reads a secret from a file: the inject example is missing");
+    assert!(
+        checked > 0,
+        "no policy reads a secret from a file: the inject example is missing"
+    );
 }
 
 #[test]
@@ -374,16 +429,17 @@ fn prometheus_scrapes_the_proxy_admin_listener() {
     let job = scrapes
         .iter()
         .find(|j| {
-            j["static_configs"]
-                .as_vec()
-                .into_iter()
-                .flatten()
-                .flat_map(|s| s["targets"].as_vec().into_iter().flatten())
+            list(&j["static_configs"])
+                .iter()
+                .flat_map(|s| list(&s["targets"]))
                 .any(|t| t.as_str() == Some("obmguard:9090"))
         })
         .expect("no scrape job targets obmguard:9090");
-    assert_eq!(job["metrics_path"].as_str().unwrap_or("/metrics"), "/metrics");
-    for rules in doc["rule_files"].as_vec().into_iter().flatten() {
+    assert_eq!(
+        job["metrics_path"].as_str().unwrap_or("/metrics"),
+        "/metrics"
+    );
+    for rules in list(&doc["rule_files"]) {
         let file = host_path(&mounts, Path::new(rules.as_str().unwrap()))
             .expect("a rule file is not mounted");
         assert!(repo().join(file).is_file());
@@ -392,13 +448,19 @@ fn prometheus_scrapes_the_proxy_admin_listener() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(admin, "0.0.0.0:9090", "Prometheus reaches the admin listener over the network");
+    assert_eq!(
+        admin, "0.0.0.0:9090",
+        "Prometheus reaches the admin listener over the network"
+    );
 }
 
 #[test]
 fn shipped_configurations_pass_check_with_the_dev_pki() {
     let has_openssl = Command::new("openssl").arg("version").output().is_ok();
-    assert!(has_openssl, "the openssl command is needed to run {SCRIPT}: apt-get install openssl");
+    assert!(
+        has_openssl,
+        "the openssl command is needed to run {SCRIPT}: apt-get install openssl"
+    );
     let dir = tempfile::tempdir().unwrap();
     let copy = |rel: &str| {
         let to = dir.path().join(rel);
@@ -416,7 +478,11 @@ fn shipped_configurations_pass_check_with_the_dev_pki() {
         .arg(dir.path().join(SCRIPT))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for f in MADE_BY_DEV_PKI {
         assert!(dir.path().join(f).is_file(), "{SCRIPT} did not make {f}");
     }

@@ -123,6 +123,36 @@ impl Proxy {
             s.extra
         );
         std::fs::write(&config, text).unwrap();
+        Self::spawn(w, &config, port, admin_port, audit, env).await
+    }
+
+    /// Start on a configuration already written (ports and audit file read back from it).
+    pub async fn start_config(w: &World, config: &Path) -> Proxy {
+        let text = std::fs::read_to_string(config).unwrap();
+        let port_of = |key: &str| -> u16 {
+            let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+            line.rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches(|c| c == '"' || c == ']')
+                .parse()
+                .unwrap()
+        };
+        let (port, admin) = (port_of("listen"), port_of("admin_listen"));
+        Self::spawn(w, config, port, admin, w.path("audit.jsonl"), &[])
+            .await
+            .unwrap()
+    }
+
+    async fn spawn(
+        w: &World,
+        config: &Path,
+        port: u16,
+        admin_port: u16,
+        audit: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Result<Proxy, String> {
+        let config = config.to_path_buf();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_obmguard"));
         cmd.args(["serve", "--config"])
             .arg(&config)

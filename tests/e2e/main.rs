@@ -6,6 +6,7 @@ mod harness;
 
 mod check;
 mod core;
+mod faults;
 mod oauth;
 mod ops;
 mod soap;
