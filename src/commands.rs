@@ -127,6 +127,7 @@ fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
     let listen = cfg.server.listen.clone();
     let admin_addr = cfg.server.admin_listen;
     let threads = cfg.server.threads;
+    let drain_secs = cfg.timeouts.drain.as_secs_f64().ceil() as u64;
     let summary = route_summary(&cfg);
     let nroutes = cfg.routes.len();
     let rt = match Runtime::new(cfg, metrics) {
@@ -139,7 +140,8 @@ fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
 
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(0),
+        // Used by the graceful upgrade only; SIGTERM drains before pingora sees it.
+        grace_period_seconds: Some(drain_secs),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock,
         ..ServerConf::default()

@@ -374,11 +374,15 @@ impl Demo {
         };
         let got = match &answer {
             Ok(r) => describe_answer(r),
-            Err(e) => format!("TLS handshake refused ({e})"),
+            Err(e) => {
+                let e = e.to_string();
+                let why = e.trim_start_matches("received fatal alert: ");
+                format!("TLS handshake refused ({why})")
+            }
         };
         let saw = match new.last() {
             None => "nothing (not forwarded)".to_string(),
-            Some(m) => describe_seen(m, token.as_deref(), new.len()),
+            Some(m) => describe_seen(m, s.session_id, token.as_deref(), new.len()),
         };
         (ok, got, saw)
     }
@@ -406,28 +410,25 @@ impl Demo {
             }
         };
         let mut rows = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-            let Some((_, label)) = families.iter().find(|(n, _)| *n == name) else {
-                continue;
-            };
-            if value.parse::<f64>().is_ok_and(|v| v != 0.0) {
-                let labels = labels
-                    .trim_end_matches('}')
-                    .replace('"', "")
-                    .replace(',', " ");
-                rows.push((format!("  {label}"), labels, value.to_string()));
+        // Grouped in the order of `families`, whatever order the exposition uses.
+        for (family, label) in families {
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let Some((series, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+                if name == family && value.parse::<f64>().is_ok_and(|v| v != 0.0) {
+                    let labels = labels
+                        .trim_end_matches('}')
+                        .replace('"', "")
+                        .replace(',', " ");
+                    rows.push((format!("  {label}"), labels, value.to_string()));
+                }
             }
         }
         print_table(&rows);
         let records = read_or_empty(&self.proxy.audit).lines().count();
-        println!(
-            "  audit log: {records} records in {}",
-            self.proxy.audit.display()
-        );
+        println!("  audit log: {records} records, one per message that reached a route");
     }
 
     async fn keep_running(&mut self) -> Result<(), DemoError> {
@@ -536,6 +537,7 @@ fn spawn_proxy(
         .arg("--upgrade-sock")
         .arg(dir.join("upgrade.sock"))
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -581,12 +583,15 @@ fn describe_answer(r: &Response) -> String {
     match (r.ack(), r.fault_string()) {
         (Some(true), _) => format!("{} Ack", r.status),
         (Some(false), _) => format!("{} Ack false", r.status),
-        (None, Some(fault)) => format!("{} fault: {fault}", r.status),
+        (None, Some(fault)) => {
+            let fault = fault.trim_start_matches("obmguard: ");
+            format!("{} fault \"{fault}\"", r.status)
+        }
         (None, None) => format!("HTTP {} without an Ack", r.status),
     }
 }
 
-fn describe_seen(m: &Received, token: Option<&str>, count: usize) -> String {
+fn describe_seen(m: &Received, sent_session_id: bool, token: Option<&str>, count: usize) -> String {
     let many = if count > 1 {
         format!("{count} messages, the last: ")
     } else {
@@ -598,12 +603,12 @@ fn describe_seen(m: &Received, token: Option<&str>, count: usize) -> String {
                 .and_then(|e| e.text)
                 .and_then(|u| u.split("/services/").next().map(str::to_string))
                 .unwrap_or_else(|| "none".into());
-            format!(
-                "SessionId = OAuth token {}, EnterpriseUrl on {url}",
-                redact(&v)
-            )
+            format!("SessionId = OAuth token {}, URLs on {url}", redact(&v))
         }
         Some(v) => format!("SessionId = {}", redact(&v)),
+        None if sent_session_id && m.is_session_id_nil() => {
+            format!("SessionId nil (stripped from {})", redact(SESSION_ID))
+        }
         None => format!("SessionId {}", m.session_id_summary()),
     };
     format!("{many}{what}")
@@ -724,7 +729,10 @@ mod tests {
         tcp.read_to_end(&mut Vec::new()).await.unwrap();
         let m = receiver.last().unwrap();
         assert!(urls_rewritten(&m));
-        let seen = describe_seen(&m, Some("00D5e000000AbCd!tok"), 1);
-        assert_eq!(seen, "SessionId = OAuth token 00D5e0…(19 chars), EnterpriseUrl on https://demo.my.salesforce.com");
+        let seen = describe_seen(&m, true, Some("00D5e000000AbCd!tok"), 1);
+        assert_eq!(
+            seen,
+            "SessionId = OAuth token 00D5e0…(19 chars), URLs on https://demo.my.salesforce.com"
+        );
     }
 }

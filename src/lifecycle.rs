@@ -1,11 +1,15 @@
 //! Start and stop: readiness once the listeners are bound, and a graceful drain on SIGTERM.
 //!
 //! pingora's own graceful shutdown stops the listeners, sleeps a fixed grace period and then
-//! drops whatever is still running. obmguard instead waits for the messages in flight: on
-//! SIGTERM (or SIGQUIT, for pingora's graceful upgrade) it stops taking connections and
+//! drops whatever is still running. On SIGTERM obmguard instead stops taking connections and
 //! keep-alive, waits until every in-flight message has its real answer or `timeouts.drain_ms`
-//! passes, and only then lets pingora shut down. A message cut off by the drain deadline gets
-//! no answer, so Salesforce retries it: never a false Ack. SIGINT stops at once.
+//! passes, and only then stops. A message cut off by the drain deadline gets no answer, so
+//! Salesforce retries it: never a false Ack. SIGINT stops at once.
+//!
+//! SIGQUIT is pingora's graceful upgrade: a new `obmguard serve --upgrade` already waits on
+//! the upgrade socket; the sockets are handed over at once, both processes accept for pingora's
+//! 5 s close timeout, then the old one stops listening, answers what it has in flight (its
+//! keep-alive ends with each answer) and exits after the grace period (`timeouts.drain_ms`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,13 +38,18 @@ impl ShutdownSignalWatch for DrainOnSignal {
             std::future::pending::<()>().await;
             return ShutdownSignal::FastShutdown;
         };
-        let kind = tokio::select! {
-            _ = term.recv() => ShutdownSignal::GracefulTerminate,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
-            _ = int.recv() => return ShutdownSignal::FastShutdown,
-        };
-        self.drain().await;
-        kind
+        tokio::select! {
+            _ = term.recv() => {
+                self.drain().await;
+                // Drained already: nothing is left for pingora's grace period to wait for.
+                ShutdownSignal::FastShutdown
+            }
+            _ = quit.recv() => {
+                tracing::info!("graceful upgrade: handing the listening sockets to the new process");
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
     }
 }
 

@@ -66,9 +66,9 @@ impl ServerApp for Listener {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
-        _shutdown: &ShutdownWatch,
+        shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.connection(stream).await;
+        self.connection(stream, shutdown).await;
         None
     }
 }
@@ -82,7 +82,7 @@ struct Reply {
 }
 
 impl Listener {
-    async fn connection(&self, stream: Stream) {
+    async fn connection(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let rt = &self.rt;
         let Some(peer) = stream
             .get_socket_digest()
@@ -133,7 +133,8 @@ impl Listener {
             if let Some(p) = persistent.take() {
                 p.apply_to_session(&mut session);
             }
-            session.set_keepalive((!rt.is_draining()).then_some(t.idle_keepalive.as_secs()));
+            let stopping = rt.is_draining() || *shutdown.borrow();
+            session.set_keepalive((!stopping).then_some(t.idle_keepalive.as_secs()));
             let head_limit = if reused {
                 t.idle_keepalive
             } else {
@@ -150,7 +151,7 @@ impl Listener {
                 }
             }
             let reply = self.request(&gen, peer, &identity, &mut session).await;
-            if reply.close || rt.is_draining() {
+            if reply.close || rt.is_draining() || *shutdown.borrow() {
                 session.set_keepalive(None);
             }
             match tokio::time::timeout(t.response_write, write(&mut session, &reply)).await {

@@ -79,9 +79,10 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
             _ => {}
         }
     }
+    // A session id was stripped, removed, audited or injected only if the message went on.
     let action = match (&result, f.plan) {
         (Err(Rejection::SessionIdRejected), _) => Some(session_action::REJECTED),
-        (_, Some(p)) => p.action,
+        (_, Some(p)) if f.upstream.is_some() => p.action,
         _ => None,
     };
     if let Some(a) = action {

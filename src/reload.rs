@@ -109,7 +109,11 @@ impl BackgroundService for Reloader {
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
+            // Reading the files (as a reload does) raises access events: only writes count.
+            if let Some(ev) = ev
+                .ok()
+                .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
+            {
                 for p in ev.paths {
                     let _ = tx.send(p);
                 }

@@ -114,11 +114,11 @@ pub fn load_certified_key(
     Ok((Arc::new(ck), not_after, subject))
 }
 
-/// Load a PEM CA bundle; every certificate must parse. Returns the certificates and
-/// (subject, not_after) of each.
-pub fn load_ca_bundle(
-    path: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, Vec<(String, i64)>), String> {
+/// The certificates of a CA bundle and, for each, (name, not_after in Unix seconds).
+pub type CaBundle = (Vec<CertificateDer<'static>>, Vec<(String, i64)>);
+
+/// Load a PEM CA bundle; every certificate must parse.
+pub fn load_ca_bundle(path: &Path) -> Result<CaBundle, String> {
     let certs = match pem_certs(path) {
         Ok(c) => c,
         Err(TlsFileError::NoCertificate { .. }) => {

@@ -134,7 +134,7 @@ impl Proxy {
             line.rsplit(':')
                 .next()
                 .unwrap()
-                .trim_end_matches(|c| c == '"' || c == ']')
+                .trim_end_matches(['"', ']'])
                 .parse()
                 .unwrap()
         };

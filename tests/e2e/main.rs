@@ -5,6 +5,7 @@
 mod harness;
 
 mod check;
+mod compose;
 mod core;
 mod faults;
 mod oauth;

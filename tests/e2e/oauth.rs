@@ -141,7 +141,7 @@ async fn twenty_concurrent_messages_cause_one_token_request() {
 async fn no_token_means_503_and_nothing_forwarded() {
     let e = env(false).await;
     for mode in [Mode::Status500, Mode::Html, Mode::Redirect, Mode::Hang] {
-        e.tokens.set_mode(mode.clone());
+        e.tokens.set_mode(mode);
         // Let the previous failure's back-off pass so this mode is really exercised.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         let r =
