@@ -79,6 +79,11 @@ fn check(path: &Path) -> i32 {
                 c.routes.len(),
                 route_summary(&c)
             );
+            println!(
+                "worst-case memory the limits allow: {} MiB (connections x {} KiB + in-flight messages x body, rewrite and answer)",
+                c.worst_case_bytes() / (1024 * 1024),
+                config::CONNECTION_BYTES / 1024
+            );
             0
         }
         None => 1,
@@ -129,6 +134,7 @@ fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
     let threads = cfg.server.threads;
     let drain_secs = cfg.timeouts.drain.as_secs_f64().ceil() as u64;
     let summary = route_summary(&cfg);
+    let worst_mib = cfg.worst_case_bytes() / (1024 * 1024);
     let nroutes = cfg.routes.len();
     let rt = match Runtime::new(cfg, metrics) {
         Ok(rt) => rt,
@@ -196,6 +202,7 @@ fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
         listen = %addrs.join(", "),
         admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         routes = nroutes,
+        worst_case_memory_mib = worst_mib,
         "obmguard serving: {summary}"
     );
     server.run(RunArgs {

@@ -52,6 +52,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DemoError {
     move |source| DemoError::Io { what, source }
 }
 
+/// Which client certificate the sender presents.
 #[derive(Clone, Copy)]
 enum Client {
     Salesforce,
@@ -61,7 +62,7 @@ enum Client {
 }
 
 enum Expect {
-    /// 200 + Ack true, the receiver got the message with this in place of the session id.
+    /// 200 + Ack true; the receiver got the message with this in place of the session id.
     Ack(Seen),
     /// This status and a fault containing this text; nothing forwarded.
     Refused(u16, &'static str),
@@ -74,72 +75,29 @@ enum Seen {
     Token,
 }
 
-struct Scenario {
-    name: &'static str,
-    route: &'static str,
-    client: Client,
-    org: &'static str,
-    session_id: bool,
-    expect: Expect,
-}
+use Client::*;
+use Expect::*;
+use Seen::*;
 
+/// (name, route, client certificate, OrganizationId, carries a session id, expectation).
+type Scenario = (
+    &'static str,
+    &'static str,
+    Client,
+    &'static str,
+    bool,
+    Expect,
+);
+
+#[rustfmt::skip]
 const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "Salesforce, with a session id",
-        route: ACCOUNTS,
-        client: Client::Salesforce,
-        org: ORG_ID,
-        session_id: true,
-        expect: Expect::Ack(Seen::Nil),
-    },
-    Scenario {
-        name: "Salesforce, without a session id",
-        route: ACCOUNTS,
-        client: Client::Salesforce,
-        org: ORG_ID,
-        session_id: false,
-        expect: Expect::Ack(Seen::Nil),
-    },
-    Scenario {
-        name: "unknown organization",
-        route: ACCOUNTS,
-        client: Client::Salesforce,
-        org: OTHER_ORG,
-        session_id: false,
-        expect: Expect::Refused(403, "may not use this route"),
-    },
-    Scenario {
-        name: "trusted CA, wrong subject",
-        route: ACCOUNTS,
-        client: Client::OtherSubject,
-        org: ORG_ID,
-        session_id: false,
-        expect: Expect::Refused(403, "common name"),
-    },
-    Scenario {
-        name: "no client certificate",
-        route: ACCOUNTS,
-        client: Client::NoCertificate,
-        org: ORG_ID,
-        session_id: false,
-        expect: Expect::Handshake,
-    },
-    Scenario {
-        name: "certificate from a rogue CA",
-        route: ACCOUNTS,
-        client: Client::RogueCa,
-        org: ORG_ID,
-        session_id: false,
-        expect: Expect::Handshake,
-    },
-    Scenario {
-        name: "inject route, with a session id",
-        route: LEGACY,
-        client: Client::Salesforce,
-        org: ORG_ID,
-        session_id: true,
-        expect: Expect::Ack(Seen::Token),
-    },
+    ("Salesforce, with a session id", ACCOUNTS, Salesforce, ORG_ID, true, Ack(Nil)),
+    ("Salesforce, without a session id", ACCOUNTS, Salesforce, ORG_ID, false, Ack(Nil)),
+    ("unknown organization", ACCOUNTS, Salesforce, OTHER_ORG, false, Refused(403, "may not use this route")),
+    ("trusted CA, wrong subject", ACCOUNTS, OtherSubject, ORG_ID, false, Refused(403, "common name")),
+    ("no client certificate", ACCOUNTS, NoCertificate, ORG_ID, false, Handshake),
+    ("certificate from a rogue CA", ACCOUNTS, RogueCa, ORG_ID, false, Handshake),
+    ("inject route, with a session id", LEGACY, Salesforce, ORG_ID, true, Ack(Token)),
 ];
 
 /// The proxy child process; killed on every exit path.
@@ -170,12 +128,8 @@ struct Demo {
 /// Run the demo; returns the process exit code (0 all scenarios as expected, 1 some did not,
 /// 2 the demo could not run).
 pub fn run(keep_running: bool) -> i32 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("obmguard demo: cannot start the async runtime: {e}");
-            return 2;
-        }
+    let Some(rt) = runtime("demo") else {
+        return 2;
     };
     match rt.block_on(demo(keep_running)) {
         Ok(true) => 0,
@@ -190,12 +144,8 @@ pub fn run(keep_running: bool) -> i32 {
 /// Run the sample legacy receiver on `listen` until Ctrl-C or SIGTERM: answers Ack to every
 /// request and logs one line per message. Returns the process exit code.
 pub fn sample_receiver(listen: SocketAddr) -> i32 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("obmguard sample-receiver: cannot start the async runtime: {e}");
-            return 2;
-        }
+    let Some(rt) = runtime("sample-receiver") else {
+        return 2;
     };
     rt.block_on(async {
         let receiver = match Receiver::start_on(listen, Behaviour::Ack).await {
@@ -212,11 +162,14 @@ pub fn sample_receiver(listen: SocketAddr) -> i32 {
     })
 }
 
-fn runtime() -> io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn runtime(command: &str) -> Option<tokio::runtime::Runtime> {
+    let built = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
+        .build();
+    built
+        .map_err(|e| eprintln!("obmguard {command}: cannot start the async runtime: {e}"))
+        .ok()
 }
 
 async fn demo(keep_running: bool) -> Result<bool, DemoError> {
@@ -241,13 +194,12 @@ async fn demo(keep_running: bool) -> Result<bool, DemoError> {
     let mut failed = 0;
     for s in SCENARIOS {
         let (ok, got, saw) = d.play(s).await;
-        let mark = if ok { "✔" } else { "✘" };
-        if !ok {
-            failed += 1;
-            let expected = format!("expected {}; got {got}", describe(&s.expect));
-            rows.push((format!("{mark} {}", s.name), expected, saw));
+        if ok {
+            rows.push((format!("✔ {}", s.0), got, saw));
         } else {
-            rows.push((format!("{mark} {}", s.name), got, saw));
+            failed += 1;
+            let expected = format!("expected {}; got {got}", describe(&s.5));
+            rows.push((format!("✘ {}", s.0), expected, saw));
         }
     }
     print_table(&rows);
@@ -332,44 +284,43 @@ impl Demo {
 
     /// Send one scenario's notification; (as expected, what Salesforce got, what the receiver saw).
     async fn play(&self, s: &Scenario) -> (bool, String, String) {
-        let identity: Option<&Identity> = match s.client {
-            Client::Salesforce => Some(&self.pki.salesforce),
-            Client::OtherSubject => Some(&self.pki.other),
-            Client::RogueCa => Some(&self.pki.rogue),
-            Client::NoCertificate => None,
+        let (_, route, client, org, session_id, expect) = s;
+        let identity: Option<&Identity> = match client {
+            Salesforce => Some(&self.pki.salesforce),
+            OtherSubject => Some(&self.pki.other),
+            RogueCa => Some(&self.pki.rogue),
+            NoCertificate => None,
         };
         let mut cfg = TlsClientConfig::new(&self.pki.server_ca);
         cfg.timeout = Duration::from_secs(10);
         if let Some(id) = identity {
             cfg = cfg.with_identity(id);
         }
-        let body = sample(s.org, s.session_id).body();
+        let body = sample(org, *session_id).body();
         let before = self.receiver.count();
-        let answer = post_once(self.proxy.addr, &cfg, s.route, &body).await;
+        let answer = post_once(self.proxy.addr, &cfg, route, &body).await;
         let new: Vec<Received> = self.receiver.requests().into_iter().skip(before).collect();
         let token = self.tokens.last_issued_token();
         let forwarded_ok = |seen: &Seen| match new.as_slice() {
             [m] => {
                 !m.body_str().contains(SESSION_ID)
                     && match seen {
-                        Seen::Nil => m.is_session_id_nil(),
-                        Seen::Token => {
+                        Nil => m.is_session_id_nil(),
+                        Token => {
                             token.is_some() && m.session_id_value() == token && urls_rewritten(m)
                         }
                     }
             }
             _ => false,
         };
-        let ok = match (&s.expect, &answer) {
-            (Expect::Ack(seen), Ok(r)) => {
-                r.status == 200 && r.ack() == Some(true) && forwarded_ok(seen)
-            }
-            (Expect::Refused(status, why), Ok(r)) => {
+        let ok = match (expect, &answer) {
+            (Ack(seen), Ok(r)) => r.status == 200 && r.ack() == Some(true) && forwarded_ok(seen),
+            (Refused(status, why), Ok(r)) => {
                 r.status == *status
                     && r.fault_string().is_some_and(|f| f.contains(why))
                     && new.is_empty()
             }
-            (Expect::Handshake, Err(_)) => new.is_empty(),
+            (Handshake, Err(_)) => new.is_empty(),
             _ => false,
         };
         let got = match &answer {
@@ -382,7 +333,7 @@ impl Demo {
         };
         let saw = match new.last() {
             None => "nothing (not forwarded)".to_string(),
-            Some(m) => describe_seen(m, s.session_id, token.as_deref(), new.len()),
+            Some(m) => describe_seen(m, *session_id, token.as_deref(), new.len()),
         };
         (ok, got, saw)
     }
@@ -572,10 +523,10 @@ fn urls_rewritten(m: &Received) -> bool {
 
 fn describe(expect: &Expect) -> String {
     match expect {
-        Expect::Ack(Seen::Nil) => "200 Ack, receiver sees SessionId nil".into(),
-        Expect::Ack(Seen::Token) => "200 Ack, receiver sees the OAuth token".into(),
-        Expect::Refused(status, why) => format!("{status} fault \"…{why}…\", nothing forwarded"),
-        Expect::Handshake => "TLS handshake refused, nothing forwarded".into(),
+        Ack(Nil) => "200 Ack, receiver sees SessionId nil".into(),
+        Ack(Token) => "200 Ack, receiver sees the OAuth token".into(),
+        Refused(status, why) => format!("{status} fault \"…{why}…\", nothing forwarded"),
+        Handshake => "TLS handshake refused, nothing forwarded".into(),
     }
 }
 

@@ -33,6 +33,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
+use tracing::Instrument;
 
 use crate::accept::ConnectionCaps;
 use crate::identity::PeerIdentity;
@@ -185,7 +186,12 @@ impl Listener {
     ) -> Reply {
         let mut facts = Facts::new(new_request_id(), peer, identity.clone());
         let mut body_read = false;
-        let result = self.stages(gen, s, &mut facts, &mut body_read).await;
+        let span = tracing::info_span!("request", request_id = %facts.request_id);
+        let result = self
+            .stages(gen, s, &mut facts, &mut body_read)
+            .instrument(span.clone())
+            .await;
+        let _in_span = span.enter();
         let reply = match &result {
             Ok(ack) => Reply {
                 status: 200,
@@ -316,6 +322,17 @@ impl Listener {
         };
         let (result, report) = rt.receivers.deliver(&delivery).await;
         f.upstream = Some(report);
+        if let (Err(Rejection::UpstreamFault(text)), Some(t)) = (&result, &token) {
+            // The receiver called back with our token and Salesforce refused it (revoked, or
+            // the org's session timeout is shorter than ttl_seconds): fetch a new one for the
+            // retry Salesforce will send.
+            if text.contains("INVALID_SESSION_ID") {
+                if let Some(source) = gen.token_source(&route.name) {
+                    tracing::warn!(route = %route.name, "the receiver reports INVALID_SESSION_ID: the cached token is dropped");
+                    source.invalidate(t);
+                }
+            }
+        }
         result
     }
 }

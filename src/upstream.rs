@@ -128,6 +128,7 @@ impl Receivers {
         o.verify_cert = true;
         o.verify_hostname = true;
         o.ca = up.ca.clone();
+        peer.group_key = up.trust_key;
         Ok(peer)
     }
 

@@ -74,8 +74,8 @@ impl<'e> Fields<'e> {
             ids: notification("Id").map(text).collect(),
             types: notification("sObject")
                 .map(|e| {
-                    let t = trim(e.attr(XSI, "type").unwrap_or_default());
-                    t.rsplit(':').next().unwrap_or(t)
+                    let t = e.attr(XSI, "type").map_or("", |a| trim(&a.raw));
+                    t.split_once(':').map_or(t, |(_, local)| local)
                 })
                 .collect(),
             action_el: field("ActionId").next(),
@@ -86,7 +86,9 @@ impl<'e> Fields<'e> {
         match self.session.first() {
             None => SessionIdState::Absent,
             Some(e) if !trim(&e.text).is_empty() => SessionIdState::Value,
-            Some(e) if matches!(e.attr(XSI, "nil").map(trim), Some("true" | "1")) => {
+            // Raw, as obmguard reads it: `xsi:nil="&#116;rue"` is Empty to obmguard (harmless:
+            // the policy only tells Value from the rest).
+            Some(e) if matches!(e.attr(XSI, "nil").map(|a| trim(&a.raw)), Some("true" | "1")) => {
                 SessionIdState::Nil
             }
             Some(_) => SessionIdState::Empty,

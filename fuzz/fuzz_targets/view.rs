@@ -1,11 +1,12 @@
 //! The oracle: a second, independent reading of a body with quick-xml's namespace-aware reader,
 //! standing in for the receiver's XML parser. It resolves namespaces with quick-xml's own
-//! resolver, unescapes references and CDATA, normalises attribute values, and records every
-//! element with its resolved path and byte spans.
+//! resolver, unescapes references and CDATA in text, and records every element with its
+//! resolved path, byte spans and attributes.
 //!
 //! The fuzz targets compare obmguard's parse with this reading: wherever the two disagree on a
 //! body obmguard accepted, obmguard and the receiver could see different documents. It does not
-//! normalise line ends in text (obmguard keeps them raw too); that difference is deliberate.
+//! normalise line ends in text, and it keeps attribute values raw: obmguard does both too, and
+//! those differences are harmless (see the SessionId state in the soap target).
 
 use std::ops::Range;
 
@@ -30,8 +31,17 @@ pub struct Elem {
     pub content: Range<usize>,
     /// Direct character data: text, CDATA content and resolved references, in order.
     pub text: String,
-    /// (namespace, local name, normalised value) of each attribute but `xmlns` ones.
-    pub attrs: Vec<(String, String, String)>,
+    /// Each attribute but `xmlns` ones.
+    pub attrs: Vec<Attr>,
+}
+
+/// One attribute, its name resolved.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ns: String,
+    pub local: String,
+    /// The value as written (references not resolved), as obmguard reads `xsi:` attributes.
+    pub raw: String,
 }
 
 impl Elem {
@@ -52,12 +62,9 @@ impl Elem {
             .all(|((ns, l), (pns, pl))| ns == pns && l == pl)
     }
 
-    /// The value of an attribute, by resolved name.
-    pub fn attr(&self, ns: &str, local: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(n, l, _)| n == ns && l == local)
-            .map(|(_, _, v)| v.as_str())
+    /// An attribute, by resolved name.
+    pub fn attr(&self, ns: &str, local: &str) -> Option<&Attr> {
+        self.attrs.iter().find(|a| a.ns == ns && a.local == local)
     }
 }
 
@@ -94,10 +101,14 @@ pub fn read(data: &[u8]) -> Result<Vec<Elem>, String> {
                     }
                     let (res, local) = r.resolver().resolve_attribute(a.key);
                     let ans = resolved(res)?;
-                    let value = a
-                        .normalized_value(XmlVersion::Implicit1_0)
+                    // Still refuse what a reader would: bad references in the value.
+                    a.normalized_value(XmlVersion::Implicit1_0)
                         .map_err(|e| e.to_string())?;
-                    attrs.push((ans, local.into_inner().to_owned(), value.into_owned()));
+                    attrs.push(Attr {
+                        ns: ans,
+                        local: local.into_inner().to_owned(),
+                        raw: a.value.to_string(),
+                    });
                 }
                 let after = pos(&r);
                 open.push(Elem {

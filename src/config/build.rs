@@ -815,6 +815,7 @@ fn build_upstream(d: &mut FileDiag, base: &Path, rf: &file::RouteFile) -> Option
         path_and_query.push('?');
         path_and_query.push_str(q);
     }
+    let mut trust_key = 0u64;
     let ca = match &rf.upstream_ca {
         None => None,
         Some(c) => {
@@ -827,6 +828,10 @@ fn build_upstream(d: &mut FileDiag, base: &Path, rf: &file::RouteFile) -> Option
             }
             match crate::tls::load_ca_bundle(&resolve(base, c.get_ref())) {
                 Ok((certs, _)) => {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    certs.iter().for_each(|c| c.as_ref().hash(&mut h));
+                    trust_key = h.finish() | 1;
                     // Every certificate was parsed by x509-parser in load_ca_bundle, which
                     // is what pingora's wrapper does (and would panic on otherwise).
                     let wrapped: Vec<_> = certs
@@ -854,6 +859,7 @@ fn build_upstream(d: &mut FileDiag, base: &Path, rf: &file::RouteFile) -> Option
         port,
         path_and_query,
         ca,
+        trust_key,
     })
 }
 

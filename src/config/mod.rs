@@ -150,6 +150,10 @@ pub struct Upstream {
     pub path_and_query: String,
     /// CAs for an https upstream; `None` means the system roots.
     pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    /// Identifies the trust anchors (0: system roots). pingora's connection pool does not
+    /// key on the CA, so this keeps a connection verified against one route's CA from being
+    /// reused by a route that trusts other anchors.
+    pub trust_key: u64,
 }
 
 #[derive(Debug)]
@@ -189,6 +193,30 @@ pub struct RouteOAuth {
     pub settings: crate::token::OAuthSettings,
     pub rewrite_urls: bool,
     pub header: bool,
+}
+
+/// What one open connection can hold at most: rustls's record buffers both ways plus
+/// pingora's request-head buffer (bounded by `limits.max_header_bytes`) and bookkeeping.
+pub const CONNECTION_BYTES: usize = 64 * 1024;
+
+impl Config {
+    /// The most memory one message on `route` can hold while in flight: the buffered body,
+    /// its rewritten copy (plus a token), the receiver's answer, and fixed overhead.
+    pub fn request_bytes(&self, route: &Route) -> usize {
+        2 * route.message.max_body_bytes + 4096 + self.limits.max_response_bytes + 64 * 1024
+    }
+
+    /// The worst case the configured limits allow: every listener full of connections, every
+    /// route at its in-flight limit with maximal bodies. The limits enforce it.
+    pub fn worst_case_bytes(&self) -> usize {
+        let connections = self.server.listen.len() * self.limits.max_connections * CONNECTION_BYTES;
+        let requests: usize = self
+            .routes
+            .iter()
+            .map(|r| r.max_inflight * self.request_bytes(r))
+            .sum();
+        connections + requests
+    }
 }
 
 /// Load and validate `obmguard.toml` and every policy it names.

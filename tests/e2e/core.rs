@@ -337,3 +337,43 @@ async fn health_and_readiness() {
     assert_eq!(p.get("/readyz").await.unwrap().0, 200);
     assert_eq!(p.get("/nope").await.unwrap().0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstream_is_verified_against_the_policy_ca() {
+    let w = World::new();
+    let tls = obmguard::testkit::pki::server_config(&w.pki.server, None).unwrap();
+    let recv = Receiver::start_tls(Behaviour::Ack, tls).await.unwrap();
+    let url = recv.url("/soap");
+    assert!(url.starts_with("https://"));
+    let trusted = route("trusted", "/trusted", &url, "strip").replacen(
+        "\n[message]",
+        &format!(
+            "upstream_ca = {:?}\n\n[message]",
+            w.pki.server_ca.display().to_string()
+        ),
+        1,
+    );
+    let unknown = route("unknown", "/unknown", &url, "strip");
+    let p = Proxy::start(
+        &w,
+        &Setup::new(&w)
+            .route("t.toml", trusted)
+            .route("u.toml", unknown),
+    )
+    .await;
+    assert_eq!(
+        p.post(&w.salesforce(), "/trusted", &notification(None))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(recv.count(), 1);
+    // Against the system roots our test CA is unknown: refused, never forwarded.
+    let r = p
+        .post(&w.salesforce(), "/unknown", &notification(None))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(recv.count(), 1);
+}

@@ -343,3 +343,37 @@ async fn admin_listener_is_plain_http_and_unaffected_by_source_rules() {
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
+    let w = World::new();
+    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
+    let mut old = proxy_with(&w, &recv, "[timeouts]\ndrain_ms = 1000\n", "").await;
+    assert_eq!(
+        old.post(&w.salesforce(), "/a", &notification(None))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The new process waits on the upgrade socket for the old one's listeners; SIGQUIT makes
+    // the old one hand them over.
+    let cfg = w.path("obmguard.toml");
+    let (new_proxy, ()) = tokio::join!(Proxy::start_config_with(&w, &cfg, &["--upgrade"]), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        old.signal("QUIT");
+    });
+    assert_eq!(
+        old.wait(Duration::from_secs(20)),
+        Some(0),
+        "the old process exits cleanly:\n{}",
+        old.logs()
+    );
+    // Only the new process is left, on the same address.
+    let r = new_proxy
+        .post(&w.salesforce(), "/a", &notification(None))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", new_proxy.logs());
+    assert_eq!(recv.count(), 2);
+}

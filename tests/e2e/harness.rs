@@ -123,11 +123,16 @@ impl Proxy {
             s.extra
         );
         std::fs::write(&config, text).unwrap();
-        Self::spawn(w, &config, port, admin_port, audit, env).await
+        Self::spawn(w, &config, port, admin_port, audit, env, &[]).await
     }
 
     /// Start on a configuration already written (ports and audit file read back from it).
     pub async fn start_config(w: &World, config: &Path) -> Proxy {
+        Self::start_config_with(w, config, &[]).await
+    }
+
+    /// As [`Proxy::start_config`], with extra `serve` arguments (e.g. `--upgrade`).
+    pub async fn start_config_with(w: &World, config: &Path, args: &[&str]) -> Proxy {
         let text = std::fs::read_to_string(config).unwrap();
         let port_of = |key: &str| -> u16 {
             let line = text.lines().find(|l| l.starts_with(key)).unwrap();
@@ -139,7 +144,7 @@ impl Proxy {
                 .unwrap()
         };
         let (port, admin) = (port_of("listen"), port_of("admin_listen"));
-        Self::spawn(w, config, port, admin, w.path("audit.jsonl"), &[])
+        Self::spawn(w, config, port, admin, w.path("audit.jsonl"), &[], args)
             .await
             .unwrap()
     }
@@ -151,13 +156,15 @@ impl Proxy {
         admin_port: u16,
         audit: PathBuf,
         env: &[(&str, &str)],
+        args: &[&str],
     ) -> Result<Proxy, String> {
         let config = config.to_path_buf();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_obmguard"));
         cmd.args(["serve", "--config"])
             .arg(&config)
             .arg("--upgrade-sock")
-            .arg(w.path("upgrade.sock"));
+            .arg(w.path("upgrade.sock"))
+            .args(args);
         cmd.env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

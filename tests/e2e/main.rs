@@ -7,6 +7,7 @@ mod harness;
 mod check;
 mod compose;
 mod core;
+mod demo;
 mod faults;
 mod oauth;
 mod ops;
