@@ -53,8 +53,9 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.pki = C.make_pki(self.work / "pki")
         self.bodies = C.write_bodies(self.work)
-        self.oha = shutil.which("oha", path=str(C.CACHE / "oha" / "bin")) or shutil.which("oha")
-        if not self.oha:
+        self.oha_bin = (shutil.which("oha", path=str(C.CACHE / "oha" / "bin"))
+                        or shutil.which("oha"))
+        if not self.oha_bin:
             sys.exit("oha not found: run bench/run.sh, which installs it into bench/.cache")
         self.binary = C.obmguard_binary()
         if not self.binary.exists():
@@ -135,7 +136,7 @@ class Bench:
                 "--key", str(p / "client.key")]
 
     def oha(self, target, sc, duration):
-        cmd = [self.oha, "-z", f"{duration}s", "-w", "-c", str(sc["c"]), "-m", "POST",
+        cmd = [self.oha_bin, "-z", f"{duration}s", "-w", "-c", str(sc["c"]), "-m", "POST",
                "-D", str(self.bodies[sc["body"]]),
                "-H", "Content-Type: text/xml; charset=UTF-8", "-H", 'SOAPAction: ""',
                "--no-tui", "--output-format", "json", "--worker-threads", "1"]
@@ -482,7 +483,7 @@ def versions(b):
         "nginx_openssl": grep_line(["nginx", "-V"], "OpenSSL"),
         "haproxy": first_line(["haproxy", "-v"]),
         "haproxy_openssl": grep_line(["haproxy", "-vv"], "Running on OpenSSL"),
-        "oha": first_line([b.oha, "--version"]),
+        "oha": first_line([b.oha_bin, "--version"]),
         "curl": first_line(["curl", "--version"]),
         "openssl": first_line(["openssl", "version"]),
         "python": platform.python_version(),

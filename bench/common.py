@@ -110,6 +110,16 @@ def make_pki(d: Path):
 
 # ---------------------------------------------------------------- bodies
 
+def sfid18(id15):
+    """The 18-character form of a 15-character Salesforce id (case-checksum suffix)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+    suffix = ""
+    for chunk in (id15[0:5], id15[5:10], id15[10:15]):
+        bits = sum(1 << i for i, ch in enumerate(chunk) if "A" <= ch <= "Z")
+        suffix += alphabet[bits]
+    return id15 + suffix
+
+
 def notification(notifications=1, filler=0, org=ORG_ID, session=SESSION_ID):
     """A notification in Salesforce's shape (see src/testkit/messages.rs); `filler` characters
     of an sf:Description field per Account make bigger bodies with at most 100 notifications."""
@@ -262,6 +272,10 @@ def obmguard_conf(d: Path, pki: Path, mode: str, extra_routes=(), limits="", mes
     forwards to the backend's Ack; `extra_routes` adds (name, path, upstream, extra lines of
     the [message] table)."""
     d.mkdir(parents=True, exist_ok=True)
+    # Logs live apart from the configuration, as in a deployment (/etc vs /var/log): obmguard
+    # watches its configuration directory for changes.
+    var = d.parent / f"{d.name}-var"
+    var.mkdir(exist_ok=True)
     pol = d / "policies"
     pol.mkdir(exist_ok=True)
     port = PORTS[f"obmguard-{mode}"]
@@ -272,7 +286,7 @@ tls_cert = "{pki}/server.crt"
 tls_key = "{pki}/server.key"
 admin_listen = "127.0.0.1:{admin}"
 policies = "policies"
-audit_log = "{d}/audit.jsonl"
+audit_log = "{var}/audit.jsonl"
 threads = 1
 
 [client_cert]
@@ -474,13 +488,15 @@ def start_haproxy(work: Path, pki: Path):
 def start_obmguard(work: Path, pki: Path, binary: Path, mode: str, extra_routes=(), limits="",
                    message="", env=None):
     d = work / f"obmguard-{mode}"
-    if d.exists():
-        shutil.rmtree(d)
+    for x in (d, work / f"obmguard-{mode}-var"):
+        if x.exists():
+            shutil.rmtree(x)
     conf = obmguard_conf(d, pki, mode, extra_routes, limits, message)
+    var = work / f"obmguard-{mode}-var"
     s = Service(f"obmguard-{mode}",
                 [str(binary), "serve", "--config", str(conf), "--upgrade-sock",
-                 str(d / "upgrade.sock")],
-                PROXY_CPU, d / "obmguard.log", env=env or {}, cwd=d)
+                 str(var / "upgrade.sock")],
+                PROXY_CPU, var / "obmguard.log", env=env or {}, cwd=var)
     wait_ready(PORTS[f"admin-{mode}"], s.name, proc=s.proc)
     return s
 

@@ -28,11 +28,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
 MODE = "strip"
+# Ports of its own, so that a soak and a benchmark never collide.
+C.PORTS.update({"backend": 19080, f"obmguard-{MODE}": 19446, f"admin-{MODE}": 19546})
 PORT = C.PORTS[f"obmguard-{MODE}"]
 MAX_BODY = 65536
 
-# kind: (weight, expected outcome). "ack" = 200 + <Ack>true</Ack>; a status = that HTTP
-# status; "refused" = no HTTP answer (the TLS handshake or the first read fails).
+# kind: (weight, expected outcomes). "ack" = 200 + <Ack>true</Ack>; a status = that HTTP
+# status; "refused" = no HTTP answer (the TLS handshake or the first read fails). An oversize
+# body may be refused (413) and the connection closed while the client is still sending it:
+# the client then sees a reset instead of the 413.
 MIX = {
     "good-keepalive": (50, "ack"),
     "good-newconn": (10, "ack"),
@@ -42,7 +46,7 @@ MIX = {
     "bad-xml": (4, 400),
     "doctype": (3, 400),
     "wrong-org": (5, 403),
-    "oversize": (5, 413),
+    "oversize": (5, (413, "refused")),
     "receiver-nack": (4, 502),
     "receiver-500": (4, 502),
 }
@@ -147,7 +151,7 @@ def bodies():
         "bad-xml": good.replace(b"</notifications>", b"</notification>"),
         "doctype": (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
                     b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>' + good.split(b"?>", 1)[1]),
-        "wrong-org": C.notification(org="00D5e000000ZZZZEAA"),
+        "wrong-org": C.notification(org=C.sfid18("00D5e000000ZzZz")),
         "oversize": C.sized_notification(MAX_BODY * 2),
     }
 
@@ -217,7 +221,7 @@ def main():
             else:
                 if status == 200 or b"<Ack>true</Ack>" in answer:
                     false_acks[f"{kind} -> {status}"] += 1
-                elif status != expected:
+                elif status not in (expected if isinstance(expected, tuple) else (expected,)):
                     unexpected[f"{kind} -> {status} (expected {expected})"] += 1
 
     start = time.monotonic()

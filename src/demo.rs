@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::metrics;
 use crate::testkit::client::{post_once, Response, TlsClientConfig};
 use crate::testkit::messages::{find_element, Sample, ORG_ID, SESSION_ID};
@@ -275,7 +273,9 @@ impl Demo {
                 let log = read_or_empty(&self.proxy.log);
                 return Err(DemoError::NotReady { why, log });
             }
-            if let Ok((200, _)) = http_get(self.proxy.admin, "/readyz").await {
+            if let Ok((200, _)) =
+                crate::testkit::client::admin_get(self.proxy.admin, "/readyz").await
+            {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -353,7 +353,7 @@ impl Demo {
             ),
         ];
         println!("\nKey metrics (http://{}/metrics):", self.proxy.admin);
-        let text = match http_get(self.proxy.admin, "/metrics").await {
+        let text = match crate::testkit::client::admin_get(self.proxy.admin, "/metrics").await {
             Ok((200, text)) => text,
             other => {
                 println!("  unavailable: {other:?}");
@@ -596,27 +596,6 @@ fn read_or_empty(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Plain-HTTP GET on the admin listener: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-        s.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        Ok::<_, io::Error>(String::from_utf8_lossy(&raw).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "admin listener did not answer"))??;
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// Resolves on Ctrl-C, or SIGTERM on Unix.
 async fn stop_signal() {
     #[cfg(unix)]
@@ -645,6 +624,7 @@ async fn proxy_exit(child: &mut Child) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn redact_keeps_six_characters_and_the_length() {

@@ -53,17 +53,8 @@ struct Fields<'e> {
 
 impl<'e> Fields<'e> {
     fn of(els: &'e [Elem]) -> Self {
-        let field = |local: &str| {
-            let mut path = NOTIFS.to_vec();
-            path.push((OUT, local));
-            els.iter().filter(move |e| e.is(&path))
-        };
-        let notification = |local: &str| {
-            let mut path = NOTIFS.to_vec();
-            path.push((OUT, "Notification"));
-            path.push((OUT, local));
-            els.iter().filter(move |e| e.is(&path))
-        };
+        let field = |local| at(els, &[(OUT, local)]).into_iter();
+        let notification = |local| at(els, &[(OUT, "Notification"), (OUT, local)]).into_iter();
         let text = |e: &'e Elem| trim(&e.text);
         Fields {
             org: field("OrganizationId").map(text).collect(),
@@ -94,6 +85,12 @@ impl<'e> Fields<'e> {
             Some(_) => SessionIdState::Empty,
         }
     }
+}
+
+/// The elements at `NOTIFS` followed by `below`.
+fn at<'e>(els: &'e [Elem], below: &[(&str, &str)]) -> Vec<&'e Elem> {
+    let path = [&NOTIFS[..], below].concat();
+    els.iter().filter(|e| e.is(&path)).collect()
 }
 
 fn read(body: &[u8], what: &str) -> Vec<Elem> {

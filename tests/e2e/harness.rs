@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use obmguard::testkit::client::{post_once, Connection, Response, TlsClientConfig};
 use obmguard::testkit::messages::Sample;
 use obmguard::testkit::pki::{Identity, Pki};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ORG: &str = obmguard::testkit::messages::ORG_ID;
 
@@ -241,6 +240,11 @@ impl Proxy {
         self.get("/metrics").await.unwrap().1
     }
 
+    /// POST and return only the status (the connection must succeed).
+    pub async fn status(&self, client: &TlsClientConfig, path: &str, body: &[u8]) -> u16 {
+        self.post(client, path, body).await.unwrap().status
+    }
+
     /// POST a notification body with the given client configuration.
     pub async fn post(
         &self,
@@ -271,22 +275,7 @@ impl Drop for Proxy {
     }
 }
 
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
+pub use obmguard::testkit::client::admin_get as http_get;
 
 /// The value of one metric series from the text exposition (`name{labels}` as printed).
 pub fn metric(text: &str, series: &str) -> f64 {

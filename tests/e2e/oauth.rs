@@ -73,10 +73,8 @@ async fn inject_replaces_the_session_id_with_a_fresh_token_and_rewrites_urls() {
     );
     // A nil SessionId gets a token too.
     assert_eq!(
-        e.p.post(&e.w.salesforce(), "/legacy", &notification(None))
-            .await
-            .unwrap()
-            .status,
+        e.p.status(&e.w.salesforce(), "/legacy", &notification(None))
+            .await,
         200
     );
     assert_eq!(

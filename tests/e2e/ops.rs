@@ -39,10 +39,10 @@ async fn metrics_and_audit_follow_a_scripted_set_of_requests() {
         ("/accounts", &other_org),
         ("/accounts", &b"<x/>".to_vec()),
     ] {
-        statuses.push(p.post(&c, path, body).await.unwrap().status);
+        statuses.push(p.status(&c, path, body).await);
     }
     recv.set_behaviour(Behaviour::Nack);
-    statuses.push(p.post(&c, "/accounts", &with).await.unwrap().status);
+    statuses.push(p.status(&c, "/accounts", &with).await);
     assert_eq!(statuses, vec![200, 200, 200, 200, 403, 400, 502]);
 
     let m = p.metrics().await;
@@ -164,13 +164,7 @@ async fn reload_applies_a_valid_edit_and_keeps_the_last_good_set_on_an_invalid_o
     let strip = route("accounts", "/accounts", &recv.url("/a"), "strip");
     let p = Proxy::start(&w, &Setup::new(&w).route("a.toml", strip.clone())).await;
     let with = notification(Some(SESSION_ID));
-    assert_eq!(
-        p.post(&w.salesforce(), "/accounts", &with)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(p.status(&w.salesforce(), "/accounts", &with).await, 200);
     assert!(recv.last().unwrap().is_session_id_nil());
 
     // A valid edit (file change): audit mode now forwards the session id unchanged.
@@ -179,13 +173,7 @@ async fn reload_applies_a_valid_edit_and_keeps_the_last_good_set_on_an_invalid_o
         &strip.replace("\"strip\"", "\"audit\""),
     );
     wait_for(&p, "obmguard_policy_generation", 2.0).await;
-    assert_eq!(
-        p.post(&w.salesforce(), "/accounts", &with)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(p.status(&w.salesforce(), "/accounts", &with).await, 200);
     assert_eq!(recv.last().unwrap().body, with);
 
     // An invalid edit: refused, counted, the audit policy stays in force.
@@ -194,13 +182,7 @@ async fn reload_applies_a_valid_edit_and_keeps_the_last_good_set_on_an_invalid_o
         &strip.replace("\"strip\"", "\"sometimes\""),
     );
     wait_for(&p, "obmguard_policy_reloads_total{outcome=\"error\"}", 1.0).await;
-    assert_eq!(
-        p.post(&w.salesforce(), "/accounts", &with)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(p.status(&w.salesforce(), "/accounts", &with).await, 200);
     assert_eq!(
         recv.last().unwrap().body,
         with,
@@ -216,13 +198,7 @@ async fn reload_applies_a_valid_edit_and_keeps_the_last_good_set_on_an_invalid_o
     wait_for(&p, "obmguard_policy_generation", 3.0).await;
     p.signal("HUP");
     wait_for(&p, "obmguard_policy_generation", 4.0).await;
-    assert_eq!(
-        p.post(&w.salesforce(), "/accounts", &with)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(p.status(&w.salesforce(), "/accounts", &with).await, 200);
     assert!(recv.last().unwrap().is_session_id_nil());
 }
 
