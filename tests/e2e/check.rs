@@ -177,3 +177,66 @@ async fn serve_binds_nothing_on_a_bad_configuration() {
         "the listen port stayed free"
     );
 }
+
+#[test]
+fn import_ranges_validates_salesforce_json_and_check_uses_it() {
+    let w = World::new();
+    let src = w.path("ip-ranges.json");
+    write(
+        &src,
+        r#"{"syncToken":"1700000000","createDate":"2026-11-01-00-00-00","note":"future field",
+            "prefixes":[{"region":"us-east-1","provider":"aws","ip_prefix":["13.108.0.0/14","101.53.160.0/19"]}],
+            "ipv6_prefixes":[{"region":"us-east-1","provider":"aws","ipv6_prefix":["2001:db8:1::/48"]}]}"#,
+    );
+    let out_file = w.path("salesforce-ranges.json");
+    let run = |from: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_obmguard"))
+            .args(["import-ranges", "--from"])
+            .arg(from)
+            .arg("--to")
+            .arg(&out_file)
+            .output()
+            .unwrap()
+    };
+    let out = run(&src);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 IPv4 and 1 IPv6 prefixes"));
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert!(written["_comment"]
+        .as_str()
+        .unwrap()
+        .contains("ip-ranges.salesforce.com"));
+
+    // The imported file is what @salesforce means once salesforce_ranges points at it.
+    let cfg = write_config(
+        &w,
+        &format!("ca_bundle = {:?}", w.pki.client_ca.display().to_string()),
+        &format!(
+            "allow = [\"@salesforce\"]\nsalesforce_ranges = {:?}",
+            out_file.display().to_string()
+        ),
+    );
+    write(
+        &w.path("policies/erp.toml"),
+        &route("erp", "/obm", "http://10.0.0.5/", "strip"),
+    );
+    let (code, text) = check(&cfg);
+    assert_eq!(code, 0, "{text}");
+
+    // A document with one bad prefix is refused whole and nothing is written.
+    let bad = w.path("bad.json");
+    write(
+        &bad,
+        r#"{"prefixes":[{"ip_prefix":["13.108.0.0/14","0.0.0.0/0"]}]}"#,
+    );
+    std::fs::remove_file(&out_file).unwrap();
+    let out = run(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admits every address"));
+    assert!(!out_file.exists());
+}
