@@ -23,17 +23,22 @@ fuzz_target!(|data: &[u8]| {
             ..
         } => assert!(s.chars().count() <= 512, "faultstring longer than 512"),
         Answer::Ack => {
-            let els = view::read(data)
-                .unwrap_or_else(|e| panic!("Ack from a body a namespace-aware reader refuses: {e}"));
+            let els = view::read(data).unwrap_or_else(|e| {
+                panic!("Ack from a body a namespace-aware reader refuses: {e}")
+            });
             let body = [(SOAP, "Envelope"), (SOAP, "Body")];
-            let in_body: Vec<_> = els
-                .iter()
-                .filter(|e| e.child_of(&body))
-                .collect();
+            let in_body: Vec<_> = els.iter().filter(|e| e.child_of(&body)).collect();
             assert_eq!(in_body.len(), 1, "Ack with other elements in the Body");
             let acks: Vec<_> = els
                 .iter()
-                .filter(|e| e.is(&[body[0], body[1], (OUT, "notificationsResponse"), (OUT, "Ack")]))
+                .filter(|e| {
+                    e.is(&[
+                        body[0],
+                        body[1],
+                        (OUT, "notificationsResponse"),
+                        (OUT, "Ack"),
+                    ])
+                })
                 .collect();
             assert_eq!(acks.len(), 1, "Ack without exactly one Ack element");
             let text = trim(&acks[0].text);

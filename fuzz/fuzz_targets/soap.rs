@@ -101,11 +101,18 @@ fn read(body: &[u8], what: &str) -> Vec<Elem> {
 
 /// obmguard's parse and the reader agree on everything obmguard reads.
 fn assert_agrees(msg: &Message, f: &Fields<'_>, what: &str) {
-    assert_eq!(f.org, [msg.organization_id.as_str()], "OrganizationId ({what})");
+    assert_eq!(
+        f.org,
+        [msg.organization_id.as_str()],
+        "OrganizationId ({what})"
+    );
     assert_eq!(f.action, [msg.action_id.as_str()], "ActionId ({what})");
     assert_eq!(
         f.enterprise,
-        msg.enterprise_url.as_deref().into_iter().collect::<Vec<_>>(),
+        msg.enterprise_url
+            .as_deref()
+            .into_iter()
+            .collect::<Vec<_>>(),
         "EnterpriseUrl ({what})"
     );
     assert_eq!(
@@ -116,7 +123,11 @@ fn assert_agrees(msg: &Message, f: &Fields<'_>, what: &str) {
     assert_eq!(f.ids, msg.notification_ids, "Notification ids ({what})");
     assert_eq!(f.types, msg.sobject_types, "sObject types ({what})");
     assert!(f.session.len() <= 1, "two SessionId elements ({what})");
-    assert_eq!(f.session_state(), msg.session_id, "SessionId state ({what})");
+    assert_eq!(
+        f.session_state(),
+        msg.session_id,
+        "SessionId state ({what})"
+    );
 }
 
 /// Parsing an id never panics, and its two spellings round-trip.

@@ -78,7 +78,11 @@ fn resolved(r: ResolveResult<'_>) -> Result<String, String> {
 
 /// Every element of the body, in document order, or why the reader refused the body.
 pub fn read(data: &[u8]) -> Result<Vec<Elem>, String> {
-    let base = if data.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    let base = if data.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
     let doc = data.get(base..).unwrap_or_default();
     let mut r = NsReader::from_reader(doc);
     r.config_mut().expand_empty_elements = true;

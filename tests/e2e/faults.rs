@@ -184,7 +184,7 @@ async fn a_hanging_token_endpoint_slows_no_other_route() {
     write(&w.path("secret"), "secret-value-123");
     let inject = route("inject", "/inject", &recv.url("/i"), "inject")
         + &format!(
-            "\n[oauth]\nflow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = {{ value = \"id\" }}\nclient_secret = {{ file = {:?} }}\ntimeout_ms = 2000\n",
+            "\n[oauth]\nflow = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = {{ value = \"id\" }}\nclient_secret = {{ file = {:?} }}\ntimeout_ms = 5000\n",
             tokens.url(),
             w.path("secret").display().to_string()
         );

@@ -213,8 +213,8 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
+        Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.pid())])
             .status()
             .unwrap();
     }
