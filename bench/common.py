@@ -36,6 +36,7 @@ PROXY_CPU = 1
 
 PORTS = {
     "backend": 18080,
+    "backend-xcore": 18081,
     "nginx": 18443,
     "haproxy": 18444,
     "obmguard-audit": 18445,
@@ -164,25 +165,25 @@ def write_bodies(d: Path):
 
 # ---------------------------------------------------------------- configurations
 
-def backend_conf(d: Path):
+def backend_conf(d: Path, name="backend"):
     """nginx as the receiver: plain HTTP, keep-alive, answers the Ack (and a Nack and a 500 for
     the soak), discarding the request body."""
     ack = ACK.replace("'", "\\'")
     nack = NACK.replace("'", "\\'")
     return f"""worker_processes 1;
 worker_rlimit_nofile 16384;
-pid {d}/backend.pid;
-error_log {d}/backend-error.log warn;
+pid {d}/{name}.pid;
+error_log {d}/{name}-error.log warn;
 daemon off;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
-  client_body_temp_path {d}/tmp-backend;
+  client_body_temp_path {d}/tmp-{name};
   client_max_body_size 10m;
   keepalive_requests 10000000;
   keepalive_timeout 300s;
   server {{
-    listen 127.0.0.1:{PORTS['backend']} backlog=4096;
+    listen 127.0.0.1:{PORTS[name]} backlog=4096;
     default_type text/xml;
     location = /ack {{ return 200 '{ack}'; }}
     location = /nack {{ return 200 '{nack}'; }}
@@ -267,7 +268,8 @@ backend be
 """
 
 
-def obmguard_conf(d: Path, pki: Path, mode: str, extra_routes=(), limits="", message=""):
+def obmguard_conf(d: Path, pki: Path, mode: str, extra_routes=(), limits="", message="",
+                  audit_log=None):
     """obmguard.toml and policies/ for one instance; returns the config path. The route /obm
     forwards to the backend's Ack; `extra_routes` adds (name, path, upstream, extra lines of
     the [message] table)."""
@@ -276,21 +278,27 @@ def obmguard_conf(d: Path, pki: Path, mode: str, extra_routes=(), limits="", mes
     # watches its configuration directory for changes.
     var = d.parent / f"{d.name}-var"
     var.mkdir(exist_ok=True)
+    # Its own copy of the server certificate, key and CA, as in a deployment: obmguard also
+    # watches their directory, and the load generators read the client's files in pki/.
+    tls = d / "tls"
+    tls.mkdir(exist_ok=True)
+    for f in ("server.crt", "server.key", "ca.crt"):
+        shutil.copy(pki / f, tls / f)
     pol = d / "policies"
     pol.mkdir(exist_ok=True)
     port = PORTS[f"obmguard-{mode}"]
     admin = PORTS[f"admin-{mode}"]
     (d / "obmguard.toml").write_text(f"""[server]
 listen = ["127.0.0.1:{port}"]
-tls_cert = "{pki}/server.crt"
-tls_key = "{pki}/server.key"
+tls_cert = "{tls}/server.crt"
+tls_key = "{tls}/server.key"
 admin_listen = "127.0.0.1:{admin}"
 policies = "policies"
-audit_log = "{var}/audit.jsonl"
+audit_log = "{audit_log or var / 'audit.jsonl'}"
 threads = 1
 
 [client_cert]
-ca_bundle = "{pki}/ca.crt"
+ca_bundle = "{tls}/ca.crt"
 
 [source]
 allow = ["127.0.0.1/32"]
@@ -371,7 +379,8 @@ def fd_count(pid):
 
 
 def stat_cpu():
-    """Busy ticks (all but idle and iowait) of the whole machine and of each core."""
+    """Busy ticks (all but idle and iowait) of the whole machine and of each core, and the
+    machine's softirq ticks (`softirq`)."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
@@ -380,6 +389,8 @@ def stat_cpu():
             name, *v = line.split()
             v = [int(x) for x in v[:8]]
             out[name] = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+            if name == "cpu":
+                out["softirq"] = v[6]
     return out
 
 
@@ -456,12 +467,14 @@ def wait_ready(admin_port, what, timeout=20.0, proc=None):
     raise RuntimeError(f"{what} was not ready within {timeout}s")
 
 
-def start_backend(work: Path, cpu=LOAD_CPU):
-    (work / "tmp-backend").mkdir(parents=True, exist_ok=True)
-    conf = work / "backend.conf"
-    conf.write_text(backend_conf(work))
-    s = Service("backend", ["nginx", "-c", str(conf), "-p", str(work)], cpu, work / "backend.log")
-    wait_tcp(PORTS["backend"], "the backend", proc=s.proc)
+def start_backend(work: Path, cpu=LOAD_CPU, name="backend"):
+    """The receiver. `backend-xcore` is a second one on the proxies' core, for the latency
+    baseline that crosses cores as proxied requests do."""
+    (work / f"tmp-{name}").mkdir(parents=True, exist_ok=True)
+    conf = work / f"{name}.conf"
+    conf.write_text(backend_conf(work, name))
+    s = Service(name, ["nginx", "-c", str(conf), "-p", str(work)], cpu, work / f"{name}.log")
+    wait_tcp(PORTS[name], name, proc=s.proc)
     return s
 
 
@@ -486,12 +499,12 @@ def start_haproxy(work: Path, pki: Path):
 
 
 def start_obmguard(work: Path, pki: Path, binary: Path, mode: str, extra_routes=(), limits="",
-                   message="", env=None):
+                   message="", env=None, audit_log=None):
     d = work / f"obmguard-{mode}"
     for x in (d, work / f"obmguard-{mode}-var"):
         if x.exists():
             shutil.rmtree(x)
-    conf = obmguard_conf(d, pki, mode, extra_routes, limits, message)
+    conf = obmguard_conf(d, pki, mode, extra_routes, limits, message, audit_log)
     var = work / f"obmguard-{mode}-var"
     s = Service(f"obmguard-{mode}",
                 [str(binary), "serve", "--config", str(conf), "--upgrade-sock",

@@ -20,6 +20,9 @@ async def one(host, port, ctx, request, sem, held):
         try:
             r, w = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), 20)
+            if request is None:
+                held.append(w)
+                return True
             w.write(request)
             await w.drain()
             head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 20)
@@ -48,6 +51,8 @@ async def main():
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=32)
     ap.add_argument("--hold", type=float, default=120)
+    ap.add_argument("--handshake-only", action="store_true",
+                    help="complete the TLS handshake and send nothing")
     a = ap.parse_args()
     raise_nofile()
     ctx = ssl.create_default_context(cafile=f"{a.pki}/ca.crt")
@@ -57,6 +62,8 @@ async def main():
     request = (f"POST /obm HTTP/1.1\r\nHost: {a.host}:{a.port}\r\n"
                f"Content-Type: text/xml; charset=UTF-8\r\nSOAPAction: \"\"\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    if a.handshake_only:
+        request = None
     sem = asyncio.Semaphore(a.parallel)
     held = []
     results = await asyncio.gather(*(one(a.host, a.port, ctx, request, sem, held)

@@ -40,7 +40,9 @@ def main():
         b.services[target] = C.start_obmguard(b.work, b.pki, b.binary, a.mode)
         b.warm(sc, target)
         pid = b.services[target].proc.pid
-        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "2000", "-g",
+        # A high frequency: per-task cpu-clock sampling under-samples bursts shorter than
+        # its period (a new connection is a few hundred µs of work).
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "20000", "-g",
                                  "-p", str(pid), "-o", str(data)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
@@ -53,12 +55,11 @@ def main():
         print(B.describe(rec))
     finally:
         b.stop()
-    for title, extra in (("self time", ["--no-children"]),
-                         ("inclusive time, obmguard's own functions",
-                          ["--children", "--symbol-filter", "obmguard"])):
-        print(f"\n== top functions by {title}")
+    for title, sort in (("obmguard's CPU by thread and library", "comm,dso"),
+                        ("obmguard's CPU by function (self time)", "symbol")):
+        print(f"\n== {title}")
         out = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-g", "none",
-                              "--percent-limit", "0.5", "--sort", "symbol"] + extra,
+                              "--no-children", "--percent-limit", "0.3", "--sort", sort],
                              capture_output=True, text=True).stdout
         lines = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith("#")]
         print("\n".join(lines[: a.top]))

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::{L4BufferSettings, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -164,7 +166,11 @@ fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
             format!("obmguard {name}"),
             Listener::new(rt.clone(), name.clone()),
         );
-        svc.add_tcp(&name);
+        // pingora puts a 64 KiB read buffer under every accepted socket by default; in front of
+        // rustls, which reads whole records into its own buffer, it only costs memory (most of
+        // an idle connection's footprint), so reads go straight to the socket.
+        let l4 = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
+        svc.add_listener(ListenerConfig::tcp(name.clone()).l4_buffer(l4));
         svc.set_connection_filter(Arc::new(crate::accept::SourceFilter::new(
             name,
             rt.admitted.clone(),

@@ -108,11 +108,8 @@ impl Listener {
             }
         };
         let _open = rt.metrics.connection_open(&self.name);
-        let (tls, identity) = match rt
-            .tls
-            .handshake(stream, gen.config.timeouts.tls_handshake)
-            .await
-        {
+        let handshake = Box::pin(rt.tls.handshake(stream, gen.config.timeouts.tls_handshake));
+        let (tls, identity) = match handshake.await {
             Ok(ok) => ok,
             Err(f) => {
                 rt.metrics.tls_failure(&self.name, f.kind());
@@ -151,7 +148,9 @@ impl Listener {
                     return;
                 }
             }
-            let reply = self.request(&gen, peer, &identity, &mut session).await;
+            // Boxed: an idle keep-alive connection then holds a small future, not the space the
+            // whole request pipeline (body, parse, token, upstream call) needs while it runs.
+            let reply = Box::pin(self.request(&gen, peer, &identity, &mut session)).await;
             if reply.close || rt.is_draining() || *shutdown.borrow() {
                 session.set_keepalive(None);
             }

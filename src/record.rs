@@ -126,8 +126,8 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
     if rt.audit.write(&rec).is_err() {
         m.audit_write_failure();
     }
+    // The request id comes from the enclosing `request` span.
     tracing::info!(
-        request_id = %f.request_id,
         route,
         peer = %f.peer,
         client_ip = %f.client_ip,
