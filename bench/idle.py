@@ -11,6 +11,7 @@ import asyncio
 import ssl
 import sys
 
+sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 from common import raise_nofile  # noqa: E402
 

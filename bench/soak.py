@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # keep bench/ free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
@@ -224,6 +225,7 @@ def main():
                 elif status not in (expected if isinstance(expected, tuple) else (expected,)):
                     unexpected[f"{kind} -> {status} (expected {expected})"] += 1
 
+    died_at = None
     start = time.monotonic()
     end = start + a.minutes * 60
     next_sample = start + a.sample_every
@@ -235,12 +237,15 @@ def main():
             now = time.monotonic()
             if now < t:
                 time.sleep(t - now)
+            if not svc.alive():
+                died_at = round(time.monotonic() - start, 1)
+                print(f"obmguard exited (code {svc.proc.returncode}) at {died_at}s",
+                      flush=True)
+                break
             pool.submit(one, rng.choices(kinds, weights)[0])
             sent += 1
             t = start + sent * interval
             if time.monotonic() >= next_sample:
-                if not svc.alive():
-                    break
                 samples.append(sample(svc))
                 next_sample += a.sample_every
                 if len(samples) % 6 == 0:
@@ -274,6 +279,8 @@ def main():
         "false_ack_total": sum(false_acks.values()),
         "unexpected": dict(unexpected),
         "obmguard_alive_at_end": alive,
+        "obmguard_exited_at_s": died_at,
+        "obmguard_exit_code": svc.proc.returncode if died_at is not None else None,
         "rss_growth": rss_growth,
         "rss_flat": rss_flat,
         "fd_growth": fd_growth,
@@ -301,7 +308,9 @@ def markdown(r):
          f"- errors (good messages not acknowledged): **{sum(r['errors'].values())}** "
          f"{r['errors'] or ''}",
          f"- unexpected statuses (refused, but not as expected): {r['unexpected'] or 'none'}",
-         f"- obmguard alive at the end: {r['obmguard_alive_at_end']}",
+         f"- obmguard alive at the end: {r['obmguard_alive_at_end']}"
+         + (f" (it exited with code {r['obmguard_exit_code']} after "
+            f"{r['obmguard_exited_at_s']} s: see its log)" if r["obmguard_exited_at_s"] else ""),
          f"- VmRSS: {r['samples'][0]['rss_kb']} KB at start, "
          f"{max(s['rss_kb'] for s in r['samples'])} KB max, "
          f"{r['samples'][-1]['rss_kb']} KB last sample; growth (last fifth vs second fifth) "

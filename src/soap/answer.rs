@@ -124,10 +124,13 @@ fn classify(body: &[u8], limits: &Limits) -> Result<Answer, &'static str> {
                 _ => {}
             },
             Item::Chars(_, chars) => match stack.last() {
-                Some(Ctx::Ack | Ctx::FaultCode | Ctx::FaultString) => {
-                    // Bound what is kept: a boolean is short, a faultstring is cut anyway.
+                Some(ctx @ (Ctx::Ack | Ctx::FaultCode | Ctx::FaultString)) => {
+                    // Bound what is kept: a faultstring is cut anyway, but an Ack's text must
+                    // be read whole: dropping its tail could turn `true ... false` into `true`.
                     if text.len() < 4 * FAULTSTRING_MAX + 64 {
                         chars.push_to(&mut text);
+                    } else if matches!(ctx, Ctx::Ack) {
+                        return Err("ack_not_boolean");
                     }
                 }
                 Some(Ctx::Opaque) => {}

@@ -32,6 +32,8 @@ pub(crate) mod scan;
 pub(crate) mod fixtures;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod regressions;
 
 pub use answer::{parse_answer, Answer};
 pub use fault::{fault, FaultCode};

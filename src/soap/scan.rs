@@ -235,6 +235,9 @@ impl<'i> Scanner<'i> {
                     .map_or(Ns::None, |b| b.ns),
             ),
             Some("xml") => Some(Ns::Other),
+            // `<:a>` or `:a="..."`: an empty prefix is not the default namespace (Namespaces
+            // in XML 1.0 forbids it), so it is undeclared.
+            Some("") => None,
             Some(p) => self
                 .bindings
                 .iter()
@@ -350,6 +353,9 @@ impl<'i> Scanner<'i> {
             Some(i) => (name.get(..i), name.get(i + 1..).unwrap_or_default()),
             None => (None, name),
         };
+        if local.is_empty() {
+            return Err(malformed(at, "an element name with an empty local part"));
+        }
         let ns = self
             .lookup(prefix, true)
             .ok_or_else(|| XmlError::UndeclaredPrefix {
@@ -396,7 +402,9 @@ impl<'i> Scanner<'i> {
             return Ok(xsi);
         }
         let mut count = 0usize;
-        // Attributes whose prefix is declared later in the same tag: resolved after the loop.
+        // A prefix declared on this tag applies to all its attributes, also those written
+        // before the declaration: if the tag declares any, resolve its attributes again after
+        // the loop (as when a prefix was not yet known).
         let mut unresolved = false;
         for attr in tag.attributes() {
             let attr = attr.map_err(|e| match e {
@@ -417,6 +425,7 @@ impl<'i> Scanner<'i> {
                 return Err(malformed(at, "`<` in an attribute value"));
             }
             if let Some(decl) = attr.key.as_namespace_binding() {
+                unresolved |= matches!(decl, PrefixDeclaration::Named(_));
                 self.bind(decl, &attr.value, at)?;
                 continue;
             }
@@ -424,6 +433,9 @@ impl<'i> Scanner<'i> {
                 check_references(&attr.value, at)?;
             }
             if let Some((_, local)) = attr.key.0.split_once(':') {
+                if local.is_empty() {
+                    return Err(malformed(at, "an attribute name with an empty local part"));
+                }
                 match self.attr_ns(attr.key) {
                     Some(Ns::Xsi) => self.note_xsi(&mut xsi, local, &attr.value),
                     Some(_) => {}
@@ -487,6 +499,7 @@ impl<'i> Scanner<'i> {
             PrefixDeclaration::Named("xml" | "xmlns") => {
                 return bad("a declaration of the reserved prefix xml or xmlns")
             }
+            PrefixDeclaration::Named("") => return bad("`xmlns:` declaring an empty prefix"),
             PrefixDeclaration::Named(_) if value.is_empty() => {
                 return bad("a prefix declared with an empty namespace name")
             }

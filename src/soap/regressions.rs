@@ -1,0 +1,43 @@
+//! Inputs the fuzzer found (fuzz/corpus/*/regress_*), kept as unit tests.
+
+use super::*;
+
+const REBOUND_NIL: &[u8] =
+    include_bytes!("../../fuzz/corpus/soap/regress_attr_prefix_rebound_nil.xml");
+const REBOUND_TYPE: &[u8] =
+    include_bytes!("../../fuzz/corpus/soap/regress_attr_prefix_rebound_type.xml");
+const EMPTY_PREFIX_ATTR: &[u8] =
+    include_bytes!("../../fuzz/corpus/soap/regress_empty_prefix_attribute.xml");
+const EMPTY_PREFIX_ELEMENT: &[u8] =
+    include_bytes!("../../fuzz/corpus/soap/regress_empty_prefix_element.xml");
+const ACK_LONG_PADDING: &[u8] =
+    include_bytes!("../../fuzz/corpus/answer/regress_ack_long_padding.xml");
+
+#[test]
+fn xsi_prefix_redeclared_later_in_the_same_tag_applies_to_earlier_attributes() {
+    // `<SessionId xsi:nil="true" xmlns:xsi="urn:not-xsi"/>`: that nil is not XML Schema's.
+    let m = parse(REBOUND_NIL, &Limits::default()).unwrap();
+    assert_eq!(m.session_id, SessionIdState::Empty);
+    // `xsi:type` bound to another namespace on the sObject itself is not an sObject type.
+    let m = parse(REBOUND_TYPE, &Limits::default());
+    assert!(m.map_or(true, |m| !m.sobject_types.iter().any(|t| t == "Account")));
+}
+
+#[test]
+fn empty_prefixes_are_refused() {
+    assert!(parse(EMPTY_PREFIX_ATTR, &Limits::default()).is_err());
+    assert!(parse(EMPTY_PREFIX_ELEMENT, &Limits::default()).is_err());
+}
+
+#[test]
+fn an_ack_padded_past_the_text_bound_is_never_read_as_true() {
+    let text = String::from_utf8_lossy(ACK_LONG_PADDING);
+    assert!(
+        text.contains("&#102;alse"),
+        "the seed hides `false` after padding"
+    );
+    assert!(matches!(
+        parse_answer(ACK_LONG_PADDING, &Limits::default()),
+        Answer::Malformed(_)
+    ));
+}
