@@ -55,11 +55,23 @@ fn watched(c: &Config) -> (HashSet<PathBuf>, HashSet<PathBuf>) {
     (files, dirs)
 }
 
+/// Whether a change to `path` concerns the configuration. Called for every event in the
+/// watched directories (an audit log written beside the config raises one per message), so the
+/// cheap file-name test comes first and only candidates are canonicalised.
 fn relevant(path: &Path, files: &HashSet<PathBuf>, policies: &Path) -> bool {
-    let p = path.canonicalize().unwrap_or(path.to_path_buf());
-    files.contains(&p) || (p.parent() == Some(policies) && p.extension().is_some_and(|e| e == "toml"))
-        // A deleted file cannot be canonicalised: fall back to its name in a watched place.
-        || files.iter().any(|f| f.file_name() == path.file_name() && f.parent() == path.parent())
+    let Some(name) = path.file_name() else {
+        return false;
+    };
+    let in_policies = path.extension().is_some_and(|e| e == "toml");
+    if !in_policies && !files.iter().any(|f| f.file_name() == Some(name)) {
+        return false;
+    }
+    let dir = path
+        .parent()
+        .map(|d| d.canonicalize().unwrap_or(d.to_path_buf()));
+    let p = dir.as_deref().map(|d| d.join(name));
+    p.as_deref().is_some_and(|p| files.contains(p))
+        || (in_policies && dir.as_deref() == Some(policies))
 }
 
 impl Reloader {
@@ -122,19 +134,22 @@ impl BackgroundService for Reloader {
         .map_err(|e| tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP"))
         .ok();
         let mut watching = HashSet::new();
+        let mut known_generation = 0;
+        let (mut files, mut policies) = (HashSet::new(), PathBuf::new());
         loop {
+            // Recompute what to watch only when the policy generation changed.
             let current = self.rt.current();
-            let (files, dirs) = watched(&current.config);
-            let policies = current
-                .config
-                .server
-                .policies_dir
-                .canonicalize()
-                .unwrap_or(current.config.server.policies_dir.clone());
-            if let Some(w) = watcher.as_mut() {
-                for d in dirs.difference(&watching.clone()) {
-                    if w.watch(d, RecursiveMode::NonRecursive).is_ok() {
-                        watching.insert(d.clone());
+            if current.number != known_generation {
+                known_generation = current.number;
+                let dirs;
+                (files, dirs) = watched(&current.config);
+                let configured = &current.config.server.policies_dir;
+                policies = configured.canonicalize().unwrap_or(configured.clone());
+                if let Some(w) = watcher.as_mut() {
+                    for d in dirs.difference(&watching.clone()) {
+                        if w.watch(d, RecursiveMode::NonRecursive).is_ok() {
+                            watching.insert(d.clone());
+                        }
                     }
                 }
             }
@@ -153,5 +168,29 @@ impl BackgroundService for Reloader {
             };
             self.reload(&trigger);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_files_and_policies_are_relevant() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let policies = base.join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        let files: HashSet<PathBuf> = [base.join("obmguard.toml"), base.join("server.pem")].into();
+        assert!(relevant(&base.join("obmguard.toml"), &files, &policies));
+        assert!(relevant(&base.join("server.pem"), &files, &policies));
+        assert!(relevant(
+            &policies.join("new-route.toml"),
+            &files,
+            &policies
+        ));
+        assert!(!relevant(&base.join("audit.jsonl"), &files, &policies));
+        assert!(!relevant(&base.join("other.toml"), &files, &policies));
+        assert!(!relevant(&policies.join("notes.txt"), &files, &policies));
     }
 }
