@@ -45,6 +45,9 @@ use crate::runtime::{Generation, Runtime};
 use crate::soap::SessionRewrite;
 use crate::{accept, intake, policy, soap, upstream};
 
+/// How long an early refusal keeps reading the unwanted body before closing.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One listening address.
 pub struct Listener {
     rt: Arc<Runtime>,
@@ -161,6 +164,12 @@ impl Listener {
                     rt.metrics.timeout(stage::RESPONSE_WRITE);
                     return;
                 }
+            }
+            if reply.close {
+                // Refused before its body was read: take in (and discard) what the client is
+                // still sending, for a bounded time, so closing does not reset the connection
+                // before the client has read our answer.
+                let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
             }
             let settings = HttpPersistentSettings::for_session(&session);
             match session.finish().await {

@@ -284,3 +284,21 @@ async fn only_a_real_ack_from_the_receiver_becomes_200() {
     e.recv.set_behaviour(Behaviour::Ack);
     assert_eq!(e.p.status(&e.w.salesforce(), "/strip", &body).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversize_body_sent_in_full_still_gets_its_413() {
+    let e = env().await;
+    // The client writes the whole 4 MiB before reading: the refusal must not reset the
+    // connection under it.
+    let body = vec![b' '; 4 * 1024 * 1024];
+    let mut raw = format!(
+        "POST /small HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let mut c = e.p.connect(&e.w.salesforce()).await.unwrap();
+    let r = c.send_raw(&raw).await.unwrap();
+    assert_eq!(r.status, 413, "{}", r.body_str());
+    assert_eq!(e.recv.count(), 0);
+}
