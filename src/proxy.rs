@@ -330,18 +330,26 @@ impl Listener {
         };
         let (result, report) = rt.receivers.deliver(&delivery).await;
         f.upstream = Some(report);
-        if let (Err(Rejection::UpstreamFault(text)), Some(t)) = (&result, &token) {
-            // The receiver called back with our token and Salesforce refused it (revoked, or
-            // the org's session timeout is shorter than ttl_seconds): fetch a new one for the
-            // retry Salesforce will send.
-            if text.contains("INVALID_SESSION_ID") {
-                if let Some(source) = gen.token_source(&route.name) {
-                    tracing::warn!(route = %route.name, "the receiver reports INVALID_SESSION_ID: the cached token is dropped");
-                    source.invalidate(t);
+        match (result, &token) {
+            (Err(Rejection::UpstreamFault(text)), Some(t)) => {
+                // The receiver called back with our token and Salesforce refused it (revoked,
+                // or the org's session timeout is shorter than ttl_seconds): fetch a new one
+                // for the retry Salesforce will send.
+                if text.contains("INVALID_SESSION_ID") {
+                    if let Some(source) = gen.token_source(&route.name) {
+                        tracing::warn!(route = %route.name, "the receiver reports INVALID_SESSION_ID: the cached token is dropped");
+                        source.invalidate(t);
+                    }
                 }
+                // A receiver may echo the session it was given; its fault goes back to
+                // Salesforce's monitoring, never our access token.
+                let token = t.access_token.expose();
+                Err(Rejection::UpstreamFault(
+                    text.replace(token, "<access token>"),
+                ))
             }
+            (other, _) => other,
         }
-        result
     }
 }
 

@@ -39,17 +39,21 @@ async fn env(header: bool) -> Env {
     Env { w, recv, tokens, p }
 }
 
+/// A Salesforce-like message with a session id on the inject route.
+async fn post_legacy(e: &Env) -> obmguard::testkit::client::Response {
+    e.p.post(
+        &e.w.salesforce(),
+        "/legacy",
+        &notification(Some(SESSION_ID)),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn inject_replaces_the_session_id_with_a_fresh_token_and_rewrites_urls() {
     let e = env(true).await;
-    let r =
-        e.p.post(
-            &e.w.salesforce(),
-            "/legacy",
-            &notification(Some(SESSION_ID)),
-        )
-        .await
-        .unwrap();
+    let r = post_legacy(&e).await;
     assert_eq!(r.status, 200, "{}", r.body_str());
     let token = e.tokens.last_issued_token().unwrap();
     let got = e.recv.last().unwrap();
@@ -142,14 +146,7 @@ async fn no_token_means_503_and_nothing_forwarded() {
         e.tokens.set_mode(mode);
         // Let the previous failure's back-off pass so this mode is really exercised.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        let r =
-            e.p.post(
-                &e.w.salesforce(),
-                "/legacy",
-                &notification(Some(SESSION_ID)),
-            )
-            .await
-            .unwrap();
+        let r = post_legacy(&e).await;
         assert_eq!(r.status, 503, "{mode:?}: {}", r.body_str());
         assert!(r.body_str().contains("soapenv:Server"));
         assert!(
@@ -235,4 +232,37 @@ async fn token_subcommand_prints_a_connectivity_check_without_the_token() {
     let token = e.tokens.last_issued_token().unwrap();
     assert!(stdout.contains(&format!("token length: {}", token.len())));
     assert!(!stdout.contains(&token) && !String::from_utf8_lossy(&out.stderr).contains(&token));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_session_from_the_receiver_drops_the_token_and_never_echoes_it() {
+    let e = env(false).await;
+    assert_eq!(post_legacy(&e).await.status, 200);
+    let token = e.tokens.last_issued_token().unwrap();
+    // The receiver's callback was refused and it says so, quoting the session it used.
+    e.recv.set_behaviour(Behaviour::Fault(format!(
+        "INVALID_SESSION_ID: Invalid Session ID found in SessionHeader: {token}"
+    )));
+    let r = post_legacy(&e).await;
+    assert_eq!(r.status, 502);
+    let fault = r.fault_string().unwrap();
+    assert!(
+        fault.contains("INVALID_SESSION_ID") && fault.contains("<access token>"),
+        "{fault}"
+    );
+    assert!(
+        !r.body_str().contains(&token),
+        "the token is not relayed to Salesforce"
+    );
+    // Salesforce's retry gets a fresh token.
+    e.recv.set_behaviour(Behaviour::Ack);
+    assert_eq!(post_legacy(&e).await.status, 200);
+    assert_eq!(e.tokens.requests(), 2);
+    let fresh = e.tokens.last_issued_token().unwrap();
+    assert_ne!(fresh, token);
+    assert_eq!(
+        e.recv.last().unwrap().session_id_value().as_deref(),
+        Some(fresh.as_str())
+    );
+    assert!(!e.p.logs().contains(&token) && !e.p.logs().contains(&fresh));
 }

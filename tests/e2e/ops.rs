@@ -212,13 +212,7 @@ async fn certificate_rotation_applies_to_new_connections_while_an_open_one_compl
     )
     .await;
     let mut old = p.connect(&w.salesforce()).await.unwrap();
-    assert_eq!(
-        old.post_soap("/a", &notification(None), &[])
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status_on(&mut old).await, 200);
     assert_eq!(
         old.server_cert_sha256().as_deref(),
         Some(w.pki.server.sha256.as_str())
@@ -230,26 +224,22 @@ async fn certificate_rotation_applies_to_new_connections_while_an_open_one_compl
     wait_for(&p, "obmguard_policy_generation", 2.0).await;
 
     let mut new = p.connect(&w.salesforce()).await.unwrap();
-    assert_eq!(
-        new.post_soap("/a", &notification(None), &[])
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status_on(&mut new).await, 200);
     assert_eq!(
         new.server_cert_sha256().as_deref(),
         Some(w.pki.server_rotated.sha256.as_str())
     );
     // The connection opened before the rotation still works, on its original certificate.
-    assert_eq!(
-        old.post_soap("/a", &notification(None), &[])
-            .await
-            .unwrap()
-            .status,
-        200
-    );
+    assert_eq!(status_on(&mut old).await, 200);
     assert_eq!(recv.count(), 3);
+}
+
+/// One notification on an open connection; its status.
+async fn status_on(c: &mut obmguard::testkit::client::Connection) -> u16 {
+    c.post_soap("/a", &notification(None), &[])
+        .await
+        .unwrap()
+        .status
 }
 
 /// Wait (bounded) until a metric reaches at least `at_least`.
