@@ -42,7 +42,7 @@ use crate::policy::SessionPlan;
 use crate::record::{self, Facts};
 use crate::reject::Rejection;
 use crate::runtime::{Generation, Runtime};
-use crate::soap::SessionRewrite;
+use crate::soap::{CallbackUrls, SessionRewrite};
 use crate::{accept, intake, policy, soap, upstream};
 
 /// How long an early refusal keeps reading the unwanted body before closing.
@@ -289,27 +289,30 @@ impl Listener {
             }
             _ => None,
         };
-        let instance = token.as_ref().map(|t| t.instance_url.as_str().to_string());
-        let how = match (plan.session, &token) {
-            (SessionPlan::Keep, _) => SessionRewrite::Keep,
-            (SessionPlan::Nil, _) => SessionRewrite::Nil,
-            (SessionPlan::Remove, _) => SessionRewrite::Remove,
-            (SessionPlan::Inject, Some(t)) => SessionRewrite::Inject {
+        let how = match (plan.session, &token, &route.oauth) {
+            (SessionPlan::Keep, ..) => SessionRewrite::Keep,
+            (SessionPlan::Nil, ..) => SessionRewrite::Nil,
+            (SessionPlan::Remove, ..) => SessionRewrite::Remove,
+            (SessionPlan::Inject, Some(t), Some(o)) => SessionRewrite::Inject {
                 token: t.access_token.expose(),
-                instance_url: route
-                    .oauth
-                    .as_ref()
-                    .filter(|o| o.rewrite_urls)
-                    .and(instance.as_deref()),
+                urls: if o.rewrite_urls {
+                    CallbackUrls::Rewrite(t.instance_url.as_str())
+                } else {
+                    CallbackUrls::Verify {
+                        instance_url: t.instance_url.as_str(),
+                        also: &o.callback_hosts,
+                    }
+                },
             },
-            (SessionPlan::Inject, None) => {
+            (SessionPlan::Inject, ..) => {
                 return Err(Rejection::Internal("inject without a token"))
             }
         };
         let out = soap::rewrite(&body, msg, &how).map_err(|e| {
-            tracing::warn!(route = %route.name, error = %e, "rewrite failed");
+            tracing::warn!(route = %route.name, error = %e, "rewrite refused");
             match e {
                 soap::RewriteError::BodyMismatch => Rejection::Internal("rewrite"),
+                soap::RewriteError::CallbackUrl(what) => Rejection::CallbackUrl(what),
                 _ => Rejection::TokenUnavailable("unsafe_token"),
             }
         })?;

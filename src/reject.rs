@@ -44,6 +44,8 @@ pub enum Rejection {
     Action(String),
     #[error("this route refuses messages that carry a session id: untick \"Send Session ID\" on the outbound message")]
     SessionIdRejected,
+    #[error("the {0} is not an https URL on the Salesforce instance of this route's access token: obmguard sends no token beside a callback URL it cannot verify (send the org's own instance URL, or list its host in the route's oauth.callback_hosts)")]
+    CallbackUrl(&'static str),
     #[error("this route has too many messages in flight; retry later")]
     Overloaded,
     #[error("no OAuth access token could be obtained for the receiver ({0}); retry later")]
@@ -96,6 +98,7 @@ impl Rejection {
             Organization(_) => "organization",
             Action(_) => "action",
             SessionIdRejected => "session_id_rejected",
+            CallbackUrl(_) => "callback_url",
             Overloaded => "overloaded",
             TokenUnavailable(_) => "token_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -118,7 +121,8 @@ impl Rejection {
             AmbiguousLength | BadXml(_) | BadId(_) => (400, FaultCode::Client, outcome::REJECTED),
             BodyIncomplete => (400, FaultCode::Client, outcome::REJECTED),
             HeadersTooLarge => (431, FaultCode::Client, outcome::REJECTED),
-            SourceIp(_) | Identity(_) | Organization(_) | Action(_) | SessionIdRejected => {
+            SourceIp(_) | Identity(_) | Organization(_) | Action(_) | SessionIdRejected
+            | CallbackUrl(_) => {
                 (403, FaultCode::Client, outcome::REJECTED)
             }
             ContentType => (415, FaultCode::Client, outcome::REJECTED),

@@ -1123,6 +1123,24 @@ fn build_oauth(d: &mut FileDiag, base: &Path, o: &S<file::OAuthSection>) -> Opti
         60_000,
     );
     let total_timeout = millis(d, "oauth.timeout_ms", &oa.timeout_ms, 10_000, 10, 60_000);
+    let mut callback_hosts = Vec::new();
+    for (i, h) in oa.callback_hosts.iter().enumerate() {
+        let host = h.get_ref().trim().to_ascii_lowercase();
+        let plain = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+        if plain {
+            callback_hosts.push(host);
+        } else {
+            d.error(
+                span(h),
+                &format!("oauth.callback_hosts[{i}]"),
+                "write a plain host name such as acme.my.salesforce.com (no scheme, port, path or wildcard)",
+            );
+        }
+    }
     if d_errors(d) != errors_before {
         return None;
     }
@@ -1141,6 +1159,7 @@ fn build_oauth(d: &mut FileDiag, base: &Path, o: &S<file::OAuthSection>) -> Opti
     Some(RouteOAuth {
         settings,
         rewrite_urls: oa.rewrite_urls.unwrap_or(true),
+        callback_hosts,
         header: oa.header.unwrap_or(false),
     })
 }

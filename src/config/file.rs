@@ -139,6 +139,8 @@ pub struct OAuthSection {
     pub audience: Option<S<String>>,
     pub ttl_seconds: Option<S<i64>>,
     pub rewrite_urls: Option<bool>,
+    #[serde(default)]
+    pub callback_hosts: Vec<S<String>>,
     pub header: Option<bool>,
     pub connect_timeout_ms: Option<S<i64>>,
     pub timeout_ms: Option<S<i64>>,

@@ -192,6 +192,9 @@ impl SessionMode {
 pub struct RouteOAuth {
     pub settings: crate::token::OAuthSettings,
     pub rewrite_urls: bool,
+    /// Hosts besides the token's `instance_url` host that callback URLs may name when
+    /// `rewrite_urls` is off (lower case).
+    pub callback_hosts: Vec<String>,
     pub header: bool,
 }
 

@@ -133,7 +133,8 @@ impl Fixture {
             "<{sp}:Envelope xmlns:{sp}=\"{SOAP_NS}\" xmlns:xsd=\"http://www.w3.org/2001/XMLSchema\" xmlns:{xp}=\"{XSI_NS}\">{ws}"
         );
         if self.header {
-            s += &format!("<{sp}:Header><x:Trace xmlns:x=\"urn:x\">1</x:Trace></{sp}:Header>{ws}");
+            // Salesforce sends no Header content: an empty one is all that is accepted.
+            s += &format!("<{sp}:Header xmlns:x=\"urn:x\">{ws}</{sp}:Header>{ws}");
         }
         s += &format!("<{sp}:Body>{ws}<{op}notifications {out_decl}>{ws}");
         s += &format!("<{op}OrganizationId>{}</{op}OrganizationId>{ws}", self.org);

@@ -38,7 +38,7 @@ mod regressions;
 pub use answer::{parse_answer, Answer};
 pub use fault::{fault, FaultCode};
 pub use notification::{parse, Message, SessionIdState};
-pub use rewrite::{rewrite, RewriteError, SessionRewrite};
+pub use rewrite::{rewrite, CallbackUrls, RewriteError, SessionRewrite};
 
 /// Bounds on what a request or answer may contain. Exceeding one refuses the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +217,22 @@ pub enum XmlError {
         /// Where it was found.
         parent: &'static str,
     },
+    /// An attribute Salesforce never sends (SOAP-encoding `href`/`id`, `soapenc:`, ...).
+    #[error("element <{name}> at byte {at} carries an attribute Salesforce never sends: only namespace declarations, xsi:nil on SessionId and xsi:type on sObject are accepted (SOAP-encoding attributes such as href and id are refused)")]
+    UnexpectedAttribute {
+        /// Offset of the element.
+        at: usize,
+        /// Its qualified name (shortened).
+        name: String,
+    },
+    /// A field holds more characters than any Salesforce value of its kind.
+    #[error("the {what} element holds more than {limit} bytes; Salesforce ids are 15 or 18 characters")]
+    FieldTooLong {
+        /// Which field.
+        what: &'static str,
+        /// The bound.
+        limit: usize,
+    },
     /// Character data where the schema has only elements.
     #[error("text at byte {at} is not expected inside {parent}")]
     UnexpectedText {
@@ -270,6 +286,8 @@ impl XmlError {
             XmlError::UnexpectedElement { .. } | XmlError::UnexpectedText { .. } => {
                 "unexpected_content"
             }
+            XmlError::UnexpectedAttribute { .. } => "unexpected_attribute",
+            XmlError::FieldTooLong { .. } => "field_too_long",
             XmlError::Missing { .. } => "missing_element",
             XmlError::TooManyNotifications { .. } => "too_many_notifications",
         }

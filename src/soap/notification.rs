@@ -108,6 +108,15 @@ impl Field {
         }
     }
 
+    /// The most bytes of character data the field may hold, whitespace included: an id is 15
+    /// or 18 characters, a URL a few dozen.
+    fn max_len(self) -> usize {
+        match self {
+            Field::EnterpriseUrl | Field::PartnerUrl => 2048,
+            _ => 256,
+        }
+    }
+
     /// Position in the `notifications` sequence (Notification is 5).
     fn rank(self) -> u8 {
         match self {
@@ -141,7 +150,9 @@ enum Ctx {
         stage: u8,
     },
     Leaf(Field),
-    /// Header and sObject content: checked by the scanner, not interpreted.
+    /// `soapenv:Header`: Salesforce sends none, so it may only be empty.
+    Header,
+    /// sObject content: checked by the scanner and for attributes, not interpreted.
     Opaque,
 }
 
@@ -153,7 +164,8 @@ impl Ctx {
             Ctx::Notifications { .. } => "notifications",
             Ctx::Notification { .. } => "Notification",
             Ctx::Leaf(f) => f.name(),
-            Ctx::Opaque => "an opaque element",
+            Ctx::Header => "the SOAP Header",
+            Ctx::Opaque => "an sObject",
         }
     }
 }
@@ -229,6 +241,16 @@ impl Parser {
             name: super::scan::shorten(tag.name().into_inner()),
             parent,
         };
+        let attribute = || XmlError::UnexpectedAttribute {
+            at,
+            name: super::scan::shorten(tag.name().into_inner()),
+        };
+        // What Salesforce sends, and so all that is accepted: namespace declarations anywhere,
+        // `xsi:nil` (and `xsi:type` string) on SessionId, `xsi:type` on sObject, `xsi:nil` and
+        // `xsi:type` on the sObject's fields. Anything else (`href`, `id`, `soapenc:` and
+        // other foreign attributes) is refused: rpc/encoded stacks such as Axis 1.4 follow
+        // `href` to an element with that `id` and would read a value the rewrite never saw.
+        let in_sobject = matches!(self.stack.last(), Some(Ctx::Opaque));
         let child = match self.stack.last_mut() {
             None if ns == Ns::Soap && local == "Envelope" => Ctx::Envelope {
                 header: false,
@@ -238,7 +260,7 @@ impl Parser {
             Some(Ctx::Envelope { header, body }) => match (ns, local) {
                 (Ns::Soap, "Header") if !*header && !*body => {
                     *header = true;
-                    Ctx::Opaque
+                    Ctx::Header
                 }
                 (Ns::Soap, "Body") if !*body => {
                     *body = true;
@@ -307,8 +329,29 @@ impl Parser {
                 _ => return Err(unexpected("Notification")),
             },
             Some(Ctx::Leaf(f)) => return Err(unexpected(f.name())),
+            // A SessionId (or a second notifications) in the Header is what a DOM, XPath or
+            // regex receiver may find first: the Header must be empty.
+            Some(Ctx::Header) => return Err(unexpected("the SOAP Header (Salesforce sends none)")),
+            // The outbound and envelope namespaces have their place, and it is not in an
+            // sObject: an outbound `SessionId` there is what a lenient receiver could read.
+            Some(Ctx::Opaque) if matches!(ns, Ns::Outbound | Ns::Soap) => {
+                return Err(unexpected("an sObject"))
+            }
             Some(Ctx::Opaque) => Ctx::Opaque,
         };
+        let allowed = match child {
+            _ if xsi.other => false,
+            Ctx::Opaque if in_sobject => true,
+            // The sObject itself: its xsi:type was read above.
+            Ctx::Opaque => !xsi.nil_attr,
+            Ctx::Leaf(Field::SessionId) => xsi
+                .type_
+                .is_none_or(|t| t.rsplit(':').next() == Some("string")),
+            _ => !xsi.nil_attr && xsi.type_.is_none(),
+        };
+        if !allowed {
+            return Err(attribute());
+        }
         self.stack.push(child);
         Ok(())
     }
@@ -419,7 +462,11 @@ impl Parser {
                     what: "notifications element",
                 })
             }
-            Ctx::Notification { .. } | Ctx::Envelope { .. } | Ctx::Body { .. } | Ctx::Opaque => {}
+            Ctx::Notification { .. }
+            | Ctx::Envelope { .. }
+            | Ctx::Body { .. }
+            | Ctx::Header
+            | Ctx::Opaque => {}
         }
         Ok(())
     }
@@ -427,7 +474,17 @@ impl Parser {
     fn chars(&mut self, at: usize, chars: Chars<'_>) -> Result<(), XmlError> {
         match self.stack.last() {
             Some(Ctx::Leaf(Field::SessionId)) => self.session_value |= !chars.is_blank(),
-            Some(Ctx::Leaf(_)) => chars.push_to(&mut self.text),
+            Some(Ctx::Leaf(field)) => {
+                chars.push_to(&mut self.text);
+                // Bounded, so a megabyte "id" costs nothing downstream (logs, audit, policy).
+                let limit = field.max_len();
+                if self.text.len() > limit {
+                    return Err(XmlError::FieldTooLong {
+                        what: field.name(),
+                        limit,
+                    });
+                }
+            }
             Some(Ctx::Opaque) => {}
             Some(ctx) if !chars.is_blank() => {
                 return Err(XmlError::UnexpectedText {
@@ -680,15 +737,116 @@ mod tests {
     }
 
     #[test]
-    fn nil_needs_the_xsi_namespace() {
-        let body = edited(
-            "<SessionId>",
+    fn nil_in_another_namespace_is_a_foreign_attribute() {
+        for tag in [
             r#"<SessionId xmlns:xsi="urn:not-xsi" xsi:nil="true">"#,
+            r#"<SessionId nil="true">"#,
+        ] {
+            let body = edited("<SessionId>", tag);
+            let text = String::from_utf8(body)
+                .unwrap()
+                .replace(&crate::soap::fixtures::escape(SESSION_VALUE), "");
+            assert!(
+                matches!(
+                    refused(text.as_bytes()),
+                    XmlError::UnexpectedAttribute { .. }
+                ),
+                "{tag}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_soap_encoding_references_and_foreign_attributes_everywhere() {
+        let cases = [
+            ("<SessionId>", r##"<SessionId href="#s1">"##),
+            ("<SessionId>", r#"<SessionId id="s1">"#),
+            (
+                "<SessionId>",
+                r#"<SessionId xmlns:enc="http://schemas.xmlsoap.org/soap/encoding/" enc:root="1">"#,
+            ),
+            ("<SessionId>", r#"<SessionId xsi:type="soapenc:Array">"#),
+            ("<EnterpriseUrl>", r##"<EnterpriseUrl href="#u1">"##),
+            ("<PartnerUrl>", r#"<PartnerUrl id="u1">"#),
+            ("<OrganizationId>", r#"<OrganizationId xsi:nil="false">"#),
+            ("<ActionId>", r#"<ActionId xsi:type="xsd:string">"#),
+            ("<Notification>", r#"<Notification id="n">"#),
+            ("<Id>", r##"<Id href="#x">"##),
+            ("<sf:Id>", r#"<sf:Id id="s1">"#),
+            ("<sf:Id>", r##"<sf:Id href="#s1">"##),
+            ("<notifications ", r#"<notifications id="n" "#),
+            ("<soapenv:Body>", r#"<soapenv:Body soapenv:encodingStyle="x">"#),
+        ];
+        for (from, to) in cases {
+            let body = edited(from, to);
+            assert!(
+                matches!(refused(&body), XmlError::UnexpectedAttribute { .. }),
+                "{to}"
+            );
+        }
+        // What Salesforce does send stays accepted.
+        ok(&edited("<SessionId>", r#"<SessionId xsi:type="xsd:string">"#));
+        ok(&edited("<sf:Id>", r#"<sf:Id xsi:type="xsd:string">"#));
+    }
+
+    #[test]
+    fn refuses_header_content_and_outbound_elements_out_of_place() {
+        let header = |inner: &str| {
+            Fixture::default().text().replacen(
+                "<soapenv:Body>",
+                &format!("<soapenv:Header>{inner}</soapenv:Header><soapenv:Body>"),
+                1,
+            )
+        };
+        ok(header("\n ").as_bytes());
+        for inner in [
+            r#"<SessionId xmlns="http://soap.sforce.com/2005/09/outbound">x</SessionId>"#,
+            r#"<x:Trace xmlns:x="urn:x">1</x:Trace>"#,
+            r#"<multiRef id="s1">secret</multiRef>"#,
+            "text",
+        ] {
+            let e = refused(header(inner).as_bytes());
+            assert!(
+                matches!(
+                    e,
+                    XmlError::UnexpectedElement { .. } | XmlError::UnexpectedText { .. }
+                ),
+                "{inner}: {e}"
+            );
+        }
+        for inner in [
+            r#"<SessionId>secret</SessionId>"#,
+            r#"<o:SessionId xmlns:o="http://soap.sforce.com/2005/09/outbound">s</o:SessionId>"#,
+            r#"<sf:Address><e:Body xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"/></sf:Address>"#,
+        ] {
+            let body = edited("<sf:Id>", &format!("{inner}<sf:Id>"));
+            assert!(
+                matches!(
+                    refused(&body),
+                    XmlError::UnexpectedElement {
+                        parent: "an sObject",
+                        ..
+                    }
+                ),
+                "{inner}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_fields_longer_than_any_salesforce_value() {
+        let long = "0".repeat(300);
+        let body = edited(
+            "<OrganizationId>00D5e000000AbCdEAK",
+            &format!("<OrganizationId>{long}"),
         );
-        let text = String::from_utf8(body)
-            .unwrap()
-            .replace(&crate::soap::fixtures::escape(SESSION_VALUE), "");
-        assert_eq!(ok(text.as_bytes()).session_id, SessionIdState::Empty);
+        assert!(matches!(
+            refused(&body),
+            XmlError::FieldTooLong {
+                what: "OrganizationId",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -741,7 +899,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_a_header_before_the_body() {
+    fn accepts_an_empty_header_before_the_body() {
         let f = Fixture {
             header: true,
             ..Fixture::default()
@@ -911,7 +1069,7 @@ mod tests {
     fn rejects_nesting_deeper_than_the_limit() {
         // Envelope, Body, notifications, Notification, sObject = 5; the field is 6.
         let deep = |n: usize| {
-            let inner = format!("{}{}", "<a>".repeat(n), "</a>".repeat(n));
+            let inner = format!("{}{}", "<sf:a>".repeat(n), "</sf:a>".repeat(n));
             edited("<sf:Id>", &format!("{inner}<sf:Id>"))
         };
         ok(&deep(64 - 5));
@@ -924,7 +1082,11 @@ mod tests {
 
     #[test]
     fn rejects_too_many_attributes() {
-        let attrs = |n: usize| (0..n).map(|i| format!(" a{i}=\"v\"")).collect::<String>();
+        let attrs = |n: usize| {
+            (0..n)
+                .map(|i| format!(" xmlns:a{i}=\"urn:v\""))
+                .collect::<String>()
+        };
         ok(&edited("<sf:Id>", &format!("<sf:Id{}>", attrs(32))));
         assert!(matches!(
             refused(&edited("<sf:Id>", &format!("<sf:Id{}>", attrs(33)))),

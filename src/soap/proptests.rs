@@ -4,7 +4,9 @@
 use proptest::prelude::*;
 
 use super::fixtures::{Encoding, Fixture, Notif, Session};
-use super::{parse, parse_answer, rewrite, Limits, Message, SessionIdState, SessionRewrite};
+use super::{
+    parse, parse_answer, rewrite, CallbackUrls, Limits, Message, SessionIdState, SessionRewrite,
+};
 
 /// In every generated session id, and nowhere else.
 const MARKER: &str = "Qz7SeSsMaRkQz";
@@ -93,11 +95,11 @@ fn modes() -> [SessionRewrite<'static>; 5] {
         SessionRewrite::Remove,
         SessionRewrite::Inject {
             token: "00DNEW!AQ<tok>&en",
-            instance_url: None,
+            urls: CallbackUrls::Verify { instance_url: "https://acme.my.salesforce.com", also: &[] },
         },
         SessionRewrite::Inject {
             token: "00DNEW!AQ<tok>&en",
-            instance_url: Some("https://fresh.my.salesforce.com/"),
+            urls: CallbackUrls::Rewrite("https://fresh.my.salesforce.com/"),
         },
     ]
 }
@@ -136,7 +138,7 @@ proptest! {
                 SessionRewrite::Keep => prop_assert_eq!(&out, &body),
                 _ => prop_assert!(!contains(&out, MARKER), "{:?} left the session id", how),
             }
-            let outside_only = !matches!(how, SessionRewrite::Inject { instance_url: Some(_), .. });
+            let outside_only = !matches!(how, SessionRewrite::Inject { urls: CallbackUrls::Rewrite(_), .. });
             if outside_only {
                 let (start, end) = changed_span(&msg);
                 let tail = body.len() - end;
@@ -151,7 +153,7 @@ proptest! {
                 (SessionRewrite::Inject { .. }, _) => SessionIdState::Value,
             };
             prop_assert_eq!(again.session_id, want);
-            if let SessionRewrite::Inject { instance_url: Some(_), .. } = how {
+            if let SessionRewrite::Inject { urls: CallbackUrls::Rewrite(_), .. } = how {
                 if f.urls {
                     prop_assert!(again.enterprise_url.unwrap().starts_with("https://fresh.my.salesforce.com/services/"));
                     prop_assert!(again.partner_url.unwrap().starts_with("https://fresh.my.salesforce.com/services/"));

@@ -8,6 +8,7 @@
 //! output (re-parsed) gives the same bytes.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use super::notification::{Element, Message, SessionIdState};
 use super::scan::{escape_text_into, is_xml_char, XSI_NS};
@@ -21,13 +22,32 @@ pub enum SessionRewrite<'a> {
     Nil,
     /// Delete the element.
     Remove,
-    /// Put `token` in the element (adding one after `ActionId` if absent); with
-    /// `instance_url`, also move the scheme and host of `EnterpriseUrl` and `PartnerUrl` to it.
+    /// Put `token` in the element (adding one after `ActionId` if absent), and make sure every
+    /// callback URL beside it leads to the token's instance: a receiver calls back wherever
+    /// `EnterpriseUrl`/`PartnerUrl` say, with the token.
     Inject {
         /// The access token (a secret: this is its one legitimate destination).
         token: &'a str,
-        /// The token's `instance_url`: `https://host[:port]`, optionally with a trailing `/`.
-        instance_url: Option<&'a str>,
+        /// What to do with the callback URLs.
+        urls: CallbackUrls<'a>,
+    },
+}
+
+/// How inject mode treats `EnterpriseUrl` and `PartnerUrl`. Either way a message whose URL
+/// is not a plain `https://host[:port]/path` is refused: no token goes out beside a URL
+/// obmguard has not read the way every receiver will.
+#[derive(Clone, Copy, Debug)]
+pub enum CallbackUrls<'a> {
+    /// Point every URL at this origin (the token's `instance_url`: `https://host[:port]`,
+    /// optionally with a trailing `/`), keeping its path.
+    Rewrite(&'a str),
+    /// Leave the URLs as sent, but only when each names the host of `instance_url` or one of
+    /// `also` (lower case).
+    Verify {
+        /// The token's `instance_url`.
+        instance_url: &'a str,
+        /// Further hosts the route allows.
+        also: &'a [String],
     },
 }
 
@@ -37,10 +57,10 @@ impl std::fmt::Debug for SessionRewrite<'_> {
             SessionRewrite::Keep => f.write_str("Keep"),
             SessionRewrite::Nil => f.write_str("Nil"),
             SessionRewrite::Remove => f.write_str("Remove"),
-            SessionRewrite::Inject { instance_url, .. } => f
+            SessionRewrite::Inject { urls, .. } => f
                 .debug_struct("Inject")
                 .field("token", &"[redacted]")
-                .field("instance_url", instance_url)
+                .field("urls", urls)
                 .finish(),
         }
     }
@@ -56,8 +76,11 @@ pub enum RewriteError {
     #[error("the access token contains a character that cannot be written in XML; check the token server")]
     TokenNotXml,
     /// The instance URL is not `http(s)://host[:port]` with at most a `/` path.
-    #[error("the token's instance_url {0:?} is not an http(s) origin such as https://example.my.salesforce.com")]
+    #[error("the token's instance_url {0:?} is not an https origin such as https://example.my.salesforce.com")]
     InstanceUrl(String),
+    /// A callback URL that cannot be rewritten, or names a host the token must not go to.
+    #[error("the {0} is not an https URL on the Salesforce instance this route's token belongs to; obmguard does not send a token beside it")]
+    CallbackUrl(&'static str),
 }
 
 /// Rewrite `body` (the bytes `msg` was parsed from). Returns the body itself when nothing
@@ -87,18 +110,12 @@ pub fn rewrite<'b>(
             out.copy_to(el.start)?;
             out.skip_to(el.end);
         }
-        (
-            SessionRewrite::Inject {
-                token,
-                instance_url,
-            },
-            _,
-            _,
-        ) => {
+        (SessionRewrite::Inject { token, urls }, _, _) => {
             if !token.chars().all(is_xml_char) {
                 return Err(RewriteError::TokenNotXml);
             }
-            let origin = instance_url.map(instance_origin).transpose()?;
+            // Decide on the URLs before writing anything.
+            let rewritten = callback_rewrites(body, msg, urls)?;
             match session {
                 Some(el) => {
                     out.copy_to(el.start)?;
@@ -111,24 +128,10 @@ pub fn rewrite<'b>(
                     write_token_element(&mut out, action, Some("SessionId"), token)?;
                 }
             }
-            if let Some(origin) = origin {
-                let urls = [
-                    (&spans.enterprise_text, &msg.enterprise_url),
-                    (&spans.partner_text, &msg.partner_url),
-                ];
-                for (span, value) in urls {
-                    let (Some(span), Some(value)) = (span, value) else {
-                        continue;
-                    };
-                    if let Some((_, path)) = split_url(value).filter(|(_, p)| p.starts_with('/')) {
-                        out.copy_to(span.start)?;
-                        let mut url = String::with_capacity(origin.len() + path.len());
-                        url.push_str(origin);
-                        url.push_str(path);
-                        escape_text_into(&mut out.out, &url);
-                        out.skip_to(span.end);
-                    }
-                }
+            for (span, url) in rewritten.into_iter().flatten() {
+                out.copy_to(span.start)?;
+                escape_text_into(&mut out.out, &url);
+                out.skip_to(span.end);
             }
         }
     }
@@ -249,26 +252,107 @@ fn write_token_element(
     Ok(())
 }
 
-/// `scheme://authority` and the rest, for `http` and `https` URLs with a plain host[:port]
-/// authority (no user info, no whitespace).
-fn split_url(url: &str) -> Option<(&str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return None;
+/// The new text of each callback URL that changes (in document order), or the refusal: a
+/// URL that cannot be rewritten, or (when verifying) names a host the token must not reach.
+/// An absent or empty URL leads nowhere and is left alone.
+fn callback_rewrites(
+    body: &[u8],
+    msg: &Message,
+    urls: &CallbackUrls<'_>,
+) -> Result<[Option<(Range<usize>, String)>; 2], RewriteError> {
+    let spans = &msg.spans;
+    let callbacks = [
+        ("EnterpriseUrl", &spans.enterprise_text, &msg.enterprise_url),
+        ("PartnerUrl", &spans.partner_text, &msg.partner_url),
+    ];
+    let mut out = [None, None];
+    for (slot, (what, span, value)) in out.iter_mut().zip(callbacks) {
+        let (Some(span), Some(value)) = (span, value) else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        let refused = RewriteError::CallbackUrl(what);
+        match *urls {
+            CallbackUrls::Rewrite(instance) => {
+                let origin = instance_origin(instance)?;
+                let (_, path) = callback_url(value).ok_or(refused)?;
+                *slot = Some((span.clone(), format!("{origin}{path}")));
+            }
+            CallbackUrls::Verify { instance_url, also } => {
+                let origin = instance_origin(instance_url)?;
+                let instance_host = host_of(&origin[HTTPS.len()..]);
+                // Forwarded as written, so it must be written literally: what was checked
+                // is then what every receiver reads.
+                if body.get(span.clone()) != Some(value.as_bytes()) {
+                    return Err(refused);
+                }
+                let (authority, _) = callback_url(value).ok_or(refused.clone())?;
+                let same_port = authority.split_once(':').map(|(_, p)| p)
+                    == origin[HTTPS.len()..].split_once(':').map(|(_, p)| p);
+                let host = host_of(authority);
+                let allowed = (host == instance_host && same_port)
+                    || also.iter().any(|h| *h == host);
+                if !allowed {
+                    return Err(refused);
+                }
+            }
+        }
     }
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_len];
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
-    if authority.is_empty() || !authority.chars().all(plain) {
-        return None;
-    }
-    let split = scheme.len() + 3 + authority_len;
-    Some((&url[..split], &url[split..]))
+    Ok(out)
 }
 
+const HTTPS: &str = "https://";
+
+fn host_of(authority: &str) -> String {
+    authority
+        .split_once(':')
+        .map_or(authority, |(h, _)| h)
+        .to_ascii_lowercase()
+}
+
+/// A callback URL as Salesforce writes it, `https://host[:port]/path`, split into the
+/// authority (`host[:port]`) and the path. Anything else is `None`: another scheme, a
+/// scheme-relative URL, user info, an IP literal, a percent-encoded or non-ASCII host,
+/// a query or fragment, backslashes, whitespace. What is accepted reads the same in every URL
+/// parser, so the host checked is the host a receiver calls.
+fn callback_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix(HTTPS)?;
+    let slash = rest.find('/')?;
+    let (authority, path) = rest.split_at(slash);
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let host_ok = host.len() <= 253
+        && host.split('.').all(label_ok)
+        // A name, not an address: the last label of a host name is never all digits.
+        && !host
+            .rsplit('.')
+            .next()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+    });
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_'));
+    (host_ok && port_ok && path_ok).then_some((authority, path))
+}
+
+/// `https://host[:port]` of the token's `instance_url` (a trailing `/` is allowed).
 fn instance_origin(url: &str) -> Result<&str, RewriteError> {
-    match split_url(url) {
-        Some((origin, "" | "/")) => Ok(origin),
+    let origin = url.strip_suffix('/').unwrap_or(url);
+    match callback_url(&format!("{origin}/")) {
+        Some((_, "/")) => Ok(origin),
         _ => Err(RewriteError::InstanceUrl(super::scan::shorten(url))),
     }
 }
@@ -280,6 +364,10 @@ mod tests {
     use crate::soap::{parse, Limits};
 
     const MARKER: &str = "SeSsIoNmArKeR";
+    const ACME: CallbackUrls<'static> = CallbackUrls::Verify {
+        instance_url: "https://acme.my.salesforce.com",
+        also: &[],
+    };
 
     fn run(body: &[u8], how: SessionRewrite<'_>) -> Vec<u8> {
         let msg = parse(body, &Limits::default()).unwrap();
@@ -382,7 +470,7 @@ mod tests {
     fn nil_copies_the_element_own_declarations_and_overrides_a_foreign_xsi() {
         let body = Fixture::default().text().replace(
             "<SessionId>",
-            "<o:SessionId xmlns:o=\"http://soap.sforce.com/2005/09/outbound\" xmlns:xsi='urn:other' a=\"1\">",
+            "<o:SessionId xmlns:o=\"http://soap.sforce.com/2005/09/outbound\" xmlns:xsi='urn:other'>",
         ).replace("</SessionId>", "</o:SessionId>");
         let out = text(run(body.as_bytes(), SessionRewrite::Nil));
         assert!(out.contains(
@@ -423,7 +511,7 @@ mod tests {
     fn inject_replaces_the_value_and_escapes_the_token() {
         let how = SessionRewrite::Inject {
             token: "00Dx!AQ<new>&token",
-            instance_url: None,
+            urls: ACME,
         };
         let out = fixture_text(&Fixture::default(), how);
         assert!(!out.contains(MARKER));
@@ -444,7 +532,7 @@ mod tests {
         );
         let how = SessionRewrite::Inject {
             token: "tok",
-            instance_url: None,
+            urls: ACME,
         };
         let out = text(run(body.as_bytes(), how));
         assert!(out.contains(
@@ -461,7 +549,7 @@ mod tests {
         };
         let how = SessionRewrite::Inject {
             token: "tok",
-            instance_url: None,
+            urls: ACME,
         };
         let out = fixture_text(&f, how);
         assert!(out.contains("</ns1:ActionId><ns1:SessionId>tok</ns1:SessionId>"));
@@ -482,7 +570,7 @@ mod tests {
         );
         let how = SessionRewrite::Inject {
             token: "tok",
-            instance_url: None,
+            urls: ACME,
         };
         let out = text(run(body.as_bytes(), how));
         assert!(out.contains(
@@ -498,7 +586,7 @@ mod tests {
         ] {
             let how = SessionRewrite::Inject {
                 token: "tok",
-                instance_url: Some(instance),
+                urls: CallbackUrls::Rewrite(instance),
             };
             let out = fixture_text(&Fixture::default(), how);
             let m = parse(out.as_bytes(), &Limits::default()).unwrap();
@@ -514,41 +602,100 @@ mod tests {
     }
 
     #[test]
-    fn inject_keeps_a_query_and_escapes_it() {
+    fn inject_keeps_the_port_and_path_of_a_rewritten_url() {
         let body = Fixture::default().text().replace(
             ENTERPRISE_URL,
-            " https://old.example.com:8443/a?b=1&amp;c=&lt;2&gt; ",
+            "https://old.example.com:8443/services/Soap/c/59.0/00D5e000000AbCd",
         );
         let how = SessionRewrite::Inject {
             token: "tok",
-            instance_url: Some("https://new.example.com:9443"),
+            urls: CallbackUrls::Rewrite("https://new.example.com:9443"),
         };
         let out = text(run(body.as_bytes(), how));
         assert!(out.contains(
-            "<EnterpriseUrl>https://new.example.com:9443/a?b=1&amp;c=&lt;2&gt;</EnterpriseUrl>"
+            "<EnterpriseUrl>https://new.example.com:9443/services/Soap/c/59.0/00D5e000000AbCd</EnterpriseUrl>"
         ));
     }
 
+    /// URLs a receiver could read differently from obmguard, or that lead elsewhere: never
+    /// a token beside them, whether rewriting or verifying.
+    const UNREADABLE: &[&str] = &[
+        "ftp://acme.my.salesforce.com/services/Soap/c/59.0/x",
+        "http://acme.my.salesforce.com/services/Soap/c/59.0/x",
+        "wss://acme.my.salesforce.com/services/Soap/c/59.0/x",
+        "//acme.my.salesforce.com/services/Soap/c/59.0/x",
+        "https://user@acme.my.salesforce.com/p",
+        "https://acme.my.salesforce.com@evil.example/p",
+        "https://evil.example?@acme.my.salesforce.com/p",
+        "https://evil.example#@acme.my.salesforce.com/p",
+        "https://acme.my.salesforce.com/p?x=1",
+        "https://acme.my.salesforce.com/p#f",
+        "https://%61cme.my.salesforce.com/p",
+        "https://acme.my.salesforce.com%2F@evil.example/p",
+        "https:\\\\evil.example\\p",
+        "https://evil.example\\@acme.my.salesforce.com/p",
+        "https://acme.my.salesforce.com\\@evil.example/p",
+        "https://acme.my.salesforce.com",
+        "https://127.0.0.1/p",
+        "https://[::1]/p",
+        "https://acme.my.salesforce.com:/p",
+        "https://acme.my.salesforce.com:99999999/p",
+        "HTTPS://acme.my.salesforce.com/p",
+        "https://acme.my.salesforce.com/p%2e",
+        "https://acme .my.salesforce.com/p",
+        "not a url",
+    ];
+
     #[test]
-    fn inject_leaves_urls_it_cannot_read() {
-        for odd in [
-            "ftp://x/y",
-            "https://user@host/p",
-            "not a url",
-            "https://host",
-        ] {
-            let body = Fixture::default().text().replace(ENTERPRISE_URL, odd);
-            let how = SessionRewrite::Inject {
-                token: "tok",
-                instance_url: Some("https://new.example.com"),
-            };
-            let out = text(run(body.as_bytes(), how));
-            assert!(
-                out.contains(&format!("<EnterpriseUrl>{odd}</EnterpriseUrl>")),
-                "{odd}"
-            );
-            assert!(out.contains("<PartnerUrl>https://new.example.com/services"));
+    fn inject_refuses_callback_urls_it_cannot_read() {
+        for odd in UNREADABLE {
+            let escaped = crate::soap::fixtures::escape(odd);
+            let body = Fixture::default().text().replace(ENTERPRISE_URL, &escaped);
+            let msg = parse(body.as_bytes(), &Limits::default()).unwrap();
+            for urls in [CallbackUrls::Rewrite("https://new.example.com"), ACME] {
+                let how = SessionRewrite::Inject { token: "tok", urls };
+                assert_eq!(
+                    rewrite(body.as_bytes(), &msg, &how),
+                    Err(RewriteError::CallbackUrl("EnterpriseUrl")),
+                    "{odd} {urls:?}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn verify_accepts_only_the_instance_host_or_the_allowed_ones() {
+        let also = ["other.my.salesforce.com".to_owned()];
+        let verify = CallbackUrls::Verify {
+            instance_url: "https://ACME.my.salesforce.com/",
+            also: &also,
+        };
+        let ok_body = Fixture::default().text();
+        let out = text(run(ok_body.as_bytes(), SessionRewrite::Inject { token: "t", urls: verify }));
+        assert!(out.contains(ENTERPRISE_URL), "left as sent");
+        let allowed = ok_body.replace("acme.my.salesforce.com", "other.my.salesforce.com");
+        run(allowed.as_bytes(), SessionRewrite::Inject { token: "t", urls: verify });
+        for host in [
+            "evil.example",
+            "acme.my.salesforce.com.evil.example",
+            "acme.my.salesforce.com:8443",
+        ] {
+            let body = ok_body.replace("acme.my.salesforce.com", host);
+            let msg = parse(body.as_bytes(), &Limits::default()).unwrap();
+            let how = SessionRewrite::Inject { token: "t", urls: verify };
+            assert!(
+                matches!(rewrite(body.as_bytes(), &msg, &how), Err(RewriteError::CallbackUrl(_))),
+                "{host}"
+            );
+        }
+        // Written with a character reference: what was checked is not what is forwarded.
+        let body = ok_body.replacen("acme.my", "&#97;cme.my", 1);
+        let msg = parse(body.as_bytes(), &Limits::default()).unwrap();
+        let how = SessionRewrite::Inject { token: "t", urls: verify };
+        assert_eq!(
+            rewrite(body.as_bytes(), &msg, &how),
+            Err(RewriteError::CallbackUrl("EnterpriseUrl"))
+        );
     }
 
     #[test]
@@ -563,7 +710,7 @@ mod tests {
         ] {
             let how = SessionRewrite::Inject {
                 token: "tok",
-                instance_url: Some(bad),
+                urls: CallbackUrls::Rewrite(bad),
             };
             assert!(matches!(
                 rewrite(&body, &msg, &how),
@@ -572,7 +719,7 @@ mod tests {
         }
         let how = SessionRewrite::Inject {
             token: "a\u{0}b",
-            instance_url: None,
+            urls: ACME,
         };
         assert_eq!(rewrite(&body, &msg, &how), Err(RewriteError::TokenNotXml));
     }
@@ -591,7 +738,7 @@ mod tests {
     fn debug_redacts_the_token() {
         let how = SessionRewrite::Inject {
             token: "secret-token",
-            instance_url: None,
+            urls: ACME,
         };
         assert!(!format!("{how:?}").contains("secret-token"));
     }

@@ -102,6 +102,12 @@ pub(crate) struct XsiAttrs<'i> {
     pub(crate) type_: Option<&'i str>,
     /// `xsi:nil` is `true` or `1`.
     pub(crate) nil: bool,
+    /// There is an `xsi:nil` attribute, whatever its value.
+    pub(crate) nil_attr: bool,
+    /// Some attribute other than a namespace declaration, `xsi:type` or `xsi:nil` (an
+    /// `href`, an `id`, a `soapenc:` attribute...). Salesforce sends none; the parser refuses
+    /// them in a request, because rpc/encoded stacks act on some of them.
+    pub(crate) other: bool,
 }
 
 /// A piece of character data.
@@ -438,9 +444,11 @@ impl<'i> Scanner<'i> {
                 }
                 match self.attr_ns(attr.key) {
                     Some(Ns::Xsi) => self.note_xsi(&mut xsi, local, &attr.value),
-                    Some(_) => {}
+                    Some(_) => xsi.other = true,
                     None => unresolved = true,
                 }
+            } else {
+                xsi.other = true;
             }
         }
         if unresolved {
@@ -454,7 +462,7 @@ impl<'i> Scanner<'i> {
                         let local = attr.key.local_name().into_inner();
                         self.note_xsi(&mut xsi, local, &attr.value)
                     }
-                    Some(_) => {}
+                    Some(_) => xsi.other = true,
                     None => {
                         return Err(XmlError::UndeclaredPrefix {
                             at,
@@ -470,13 +478,16 @@ impl<'i> Scanner<'i> {
     fn note_xsi(&self, xsi: &mut XsiAttrs<'i>, local: &str, value: &str) {
         let value = trim_xml(value);
         match local {
-            "nil" => xsi.nil = matches!(value, "true" | "1"),
+            "nil" => {
+                xsi.nil_attr = true;
+                xsi.nil = matches!(value, "true" | "1");
+            }
             // Re-slice from the body so the value outlives the tag.
             "type" => {
                 xsi.type_ =
                     offset_in(self.body, value).and_then(|o| self.body.get(o..o + value.len()))
             }
-            _ => {}
+            _ => xsi.other = true,
         }
     }
 
