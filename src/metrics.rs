@@ -48,6 +48,12 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "obmguard_connections_refused_total"
 /// Gauge `{listener}`: connections currently open.
 pub const CONNECTIONS_OPEN: &str = "obmguard_connections_open";
 
+/// Counter `{route}`: pooled receiver connections found holding bytes nobody asked for (an
+/// unsolicited answer); the connection is dropped and the route stops reusing connections.
+pub const UPSTREAM_UNSOLICITED_TOTAL: &str = "obmguard_upstream_unsolicited_total";
+/// Counter `{route}`: requests whose handling panicked (answered 500, audited).
+pub const PANICS_TOTAL: &str = "obmguard_panics_total";
+
 // --- latency ---
 /// Histogram `{route}`: time the receiver took, seconds.
 pub const UPSTREAM_DURATION_SECONDS: &str = "obmguard_upstream_duration_seconds";
@@ -149,6 +155,8 @@ pub struct Metrics {
     inflight: IntGaugeVec,
     session_ids: IntCounterVec,
     timeouts: IntCounterVec,
+    upstream_unsolicited: IntCounterVec,
+    panics: IntCounterVec,
     tls_failures: IntCounterVec,
     client_cert_rejections: IntCounterVec,
     connections_refused: IntCounterVec,
@@ -227,6 +235,12 @@ impl Metrics {
                 &["route", "action"],
             )?,
             timeouts: counter(TIMEOUTS_TOTAL, "Timeouts, by stage.", &["stage"])?,
+            upstream_unsolicited: counter(
+                UPSTREAM_UNSOLICITED_TOTAL,
+                "Pooled receiver connections that held an unsolicited answer.",
+                &["route"],
+            )?,
+            panics: counter(PANICS_TOTAL, "Requests whose handling panicked.", &["route"])?,
             tls_failures: counter(
                 TLS_HANDSHAKE_FAILURES_TOTAL,
                 "TLS handshakes that failed.",
@@ -288,6 +302,16 @@ impl Metrics {
     /// A message on `route` ended with `outcome` (one of [`outcome`]).
     pub fn request(&self, route: &str, outcome: &str) {
         self.requests.with_label_values(&[route, outcome]).inc();
+    }
+
+    /// A pooled connection to `route`'s receiver held bytes nobody asked for.
+    pub fn upstream_unsolicited(&self, route: &str) {
+        self.upstream_unsolicited.with_label_values(&[route]).inc();
+    }
+
+    /// The handling of a request on `route` (`-` before routing) panicked.
+    pub fn panic(&self, route: &str) {
+        self.panics.with_label_values(&[route]).inc();
     }
 
     /// A request or connection was refused; `route` is `-` when no route was chosen yet.

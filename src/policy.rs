@@ -4,7 +4,9 @@
 //! Salesforce's IP ranges and (often) its CA are shared by every Salesforce customer, so the
 //! organization id in the body is what tells your org from another: it is always checked.
 //! Ids match in either form (15 case-sensitive, 18 with checksum); an 18-character id with a
-//! wrong checksum is refused rather than guessed at.
+//! wrong checksum is refused rather than guessed at. Every id the message carries (the
+//! organization, the action and each Notification Id) must be a valid id, whether or not the
+//! route lists actions: the audit trail and logs then only ever record real ids.
 
 use crate::config::{MessagePolicy, SessionMode};
 use crate::metrics::session_action;
@@ -25,7 +27,9 @@ pub enum SessionPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     pub session: SessionPlan,
-    /// What was done to a session id that had a value (the metric label), if there was one.
+    /// What the policy does to the SessionId element (the metric label and the audit's
+    /// `session_action`): `stripped`, `audited` or `rejected` for a value, `removed` for any
+    /// element present, `injected` always in inject mode; `None` when nothing happens.
     pub action: Option<&'static str>,
 }
 
@@ -39,32 +43,34 @@ pub fn check(msg: &Message, policy: &MessagePolicy) -> Result<Plan, Rejection> {
     if !policy.organizations.contains(&org) {
         return Err(Rejection::Organization(org.to_18()));
     }
+    let action = id(&msg.action_id, "action")?;
     if let Some(actions) = &policy.actions {
-        let action = id(&msg.action_id, "action")?;
         if !actions.contains(&action) {
             return Err(Rejection::Action(action.to_18()));
         }
     }
+    for n in &msg.notification_ids {
+        id(n, "Notification")?;
+    }
     let has_value = msg.session_id == SessionIdState::Value;
-    let (session, label) = match policy.session_id {
-        SessionMode::Strip => (
-            if has_value {
-                SessionPlan::Nil
-            } else {
-                SessionPlan::Keep
-            },
-            session_action::STRIPPED,
+    let present = msg.session_id != SessionIdState::Absent;
+    let plan = |session, action: Option<&'static str>| Ok(Plan { session, action });
+    match policy.session_id {
+        SessionMode::Strip if has_value => plan(SessionPlan::Nil, Some(session_action::STRIPPED)),
+        SessionMode::Strip => plan(SessionPlan::Keep, None),
+        SessionMode::Remove => plan(
+            SessionPlan::Remove,
+            present.then_some(session_action::REMOVED),
         ),
-        SessionMode::Remove => (SessionPlan::Remove, session_action::REMOVED),
-        SessionMode::Reject if has_value => return Err(Rejection::SessionIdRejected),
-        SessionMode::Reject => (SessionPlan::Keep, session_action::REJECTED),
-        SessionMode::Audit => (SessionPlan::Keep, session_action::AUDITED),
-        SessionMode::Inject => (SessionPlan::Inject, session_action::INJECTED),
-    };
-    Ok(Plan {
-        session,
-        action: has_value.then_some(label),
-    })
+        SessionMode::Reject if has_value => Err(Rejection::SessionIdRejected),
+        SessionMode::Reject => plan(SessionPlan::Keep, None),
+        SessionMode::Audit => plan(
+            SessionPlan::Keep,
+            has_value.then_some(session_action::AUDITED),
+        ),
+        // Since February 2026 every message arrives nil: the injection is what happens.
+        SessionMode::Inject => plan(SessionPlan::Inject, Some(session_action::INJECTED)),
+    }
 }
 
 #[cfg(test)]
@@ -153,12 +159,20 @@ mod tests {
             plan(SessionMode::Inject, &without).unwrap(),
             Plan {
                 session: SessionPlan::Inject,
-                action: None
+                action: Some("injected")
             }
         );
         assert_eq!(
-            plan(SessionMode::Remove, &with).unwrap().session,
-            SessionPlan::Remove
+            plan(SessionMode::Remove, &with).unwrap(),
+            Plan {
+                session: SessionPlan::Remove,
+                action: Some("removed")
+            }
+        );
+        assert_eq!(
+            plan(SessionMode::Remove, &without).unwrap().action,
+            Some("removed"),
+            "a nil element is removed too"
         );
     }
 

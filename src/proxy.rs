@@ -33,6 +33,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
+use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::accept::ConnectionCaps;
@@ -195,15 +196,29 @@ impl Listener {
         let mut facts = Facts::new(new_request_id(), peer, identity.clone());
         let mut body_read = false;
         let span = tracing::info_span!("request", request_id = %facts.request_id);
-        let result = self
-            .stages(gen, s, &mut facts, &mut body_read)
-            .instrument(span.clone())
-            .await;
+        // A panic anywhere in the stages still ends in a fault, a metric and an audit line
+        // (and the connection is closed: its state is unknown).
+        let stages = std::panic::AssertUnwindSafe(
+            self.stages(gen, s, &mut facts, &mut body_read)
+                .instrument(span.clone()),
+        )
+        .catch_unwind()
+        .await;
         let _in_span = span.enter();
+        let result = match stages {
+            Ok(result) => result,
+            Err(_) => {
+                let route = facts.route.as_ref().map_or("-", |r| r.name.as_str());
+                tracing::error!(route, "handling the message panicked (a bug in obmguard): answered 500, Salesforce will retry");
+                self.rt.metrics.panic(route);
+                body_read = false;
+                Err(Rejection::Internal("panic"))
+            }
+        };
         let reply = match &result {
-            Ok(ack) => Reply {
+            Ok(()) => Reply {
                 status: 200,
-                body: ack.clone(),
+                body: Bytes::from_static(upstream::CANONICAL_ACK),
                 close: false,
             },
             Err(r) => {
@@ -225,7 +240,7 @@ impl Listener {
         s: &mut ServerSession,
         f: &mut Facts,
         body_read: &mut bool,
-    ) -> Result<Bytes, Rejection> {
+    ) -> Result<(), Rejection> {
         let rt = &self.rt;
         let config = &gen.config;
         intake::check_raw_framing(s)?;
@@ -330,29 +345,25 @@ impl Listener {
             soap_action: soap_action.as_deref(),
             bearer: bearer.map(|t| t.access_token.expose()),
             request_id: &f.request_id,
+            secret: token.as_ref().map(|t| t.access_token.expose()),
         };
         let (result, report) = rt.receivers.deliver(&delivery).await;
-        f.upstream = Some(report);
-        match (result, &token) {
-            (Err(Rejection::UpstreamFault(text)), Some(t)) => {
-                // The receiver called back with our token and Salesforce refused it (revoked,
-                // or the org's session timeout is shorter than ttl_seconds): fetch a new one
-                // for the retry Salesforce will send.
-                if text.contains("INVALID_SESSION_ID") {
-                    if let Some(source) = gen.token_source(&route.name) {
-                        tracing::warn!(route = %route.name, "the receiver reports INVALID_SESSION_ID: the cached token is dropped");
-                        source.invalidate(t);
-                    }
-                }
-                // A receiver may echo the session it was given; its fault goes back to
-                // Salesforce's monitoring, never our access token.
-                let token = t.access_token.expose();
-                Err(Rejection::UpstreamFault(
-                    text.replace(token, "<access token>"),
-                ))
-            }
-            (other, _) => other,
+        if report.unsolicited {
+            rt.metrics.upstream_unsolicited(&route.name);
         }
+        f.upstream = Some(report);
+        if let (Err(Rejection::UpstreamFault(text)), Some(t)) = (&result, &token) {
+            // The receiver called back with our token and Salesforce refused it (revoked, or
+            // the org's session timeout is shorter than ttl_seconds): fetch a new one for the
+            // retry Salesforce will send. (The fault text was scrubbed of the token already.)
+            if text.contains("INVALID_SESSION_ID") {
+                if let Some(source) = gen.token_source(&route.name) {
+                    tracing::warn!(route = %route.name, "the receiver reports INVALID_SESSION_ID: the cached token is dropped");
+                    source.invalidate(t);
+                }
+            }
+        }
+        result
     }
 }
 

@@ -2,28 +2,56 @@
 //!
 //! obmguard buffers both ways: the receiver gets the whole rewritten body with a fresh
 //! Content-Length, and Salesforce gets 200 only after the receiver's whole answer has been
-//! read (bounded) and parsed as `<Ack>true</Ack>`. Everything else is a SOAP fault with 502
-//! (504 for a timeout), so Salesforce retries: a false Ack would lose the message for good.
+//! read (bounded) and parsed as `<Ack>true</Ack>`; what goes back is then obmguard's own
+//! canonical Ack, never the receiver's bytes (a receiver that echoes its request would put the
+//! injected token in Salesforce's monitoring). Everything else is a SOAP fault with 502 (504
+//! for a timeout), so Salesforce retries: a false Ack would lose the message for good.
 //!
-//! Connections come from pingora's pooled connector (keep-alive, bounded pool, idle timeout).
-//! A pooled connection that turns out dead before any byte of answer arrived is retried once
-//! on a fresh connection; the receiver de-duplicates on Notification Id, as it must anyway.
-//! Not done here: retries after the receiver answered, or any store-and-forward.
+//! Keep-alive and false Acks. On a reused connection an answer can only be attributed to our
+//! request if nothing else is waiting on it. pingora's pool drops a connection that shows data
+//! while it idles, but a request can pick a connection up before that watcher has run, so
+//! every pooled connection is tested again here, without blocking, just before the request
+//! is written: a connection holding any byte (an unsolicited second answer, or the start of
+//! one) or already closed is dropped, counted, and that receiver gets no more reused
+//! connections from this process (a receiver that answered twice once may do so again). What
+//! remains is a receiver that sends an unsolicited answer *after* we wrote the next request on
+//! the same connection: indistinguishable from a real answer at the HTTP level. Routes whose
+//! receiver cannot be trusted to answer exactly once set `upstream_keepalive = false`: one
+//! connection per message, and no answer can be read on behalf of another message.
+//!
+//! Nothing is retried once a byte of the request may have reached the receiver: a dead pooled
+//! connection is detected before writing, so the request goes once, and a failure after that
+//! is answered with a fault (Salesforce retries; the receiver never gets a message twice from
+//! one delivery). Informational answers (`100 Continue`, `103 Early Hints`) are skipped as
+//! HTTP requires; `101` and a `Content-Encoding` we did not ask for are refused.
+//! Not done here: any store-and-forward.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pingora_core::connectors::http::Connector;
-use pingora_core::connectors::ConnectorOptions;
-use pingora_core::protocols::http::client::HttpSession;
-use pingora_core::upstreams::peer::HttpPeer;
+use futures::FutureExt;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
+use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_core::protocols::Stream;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_http::RequestHeader;
+use tokio::io::AsyncReadExt;
 
 use crate::config::{Limits, Route};
 use crate::reject::Rejection;
 use crate::soap::{self, Answer};
+
+/// What goes back to Salesforce once the receiver's Ack is verified.
+pub const CANONICAL_ACK: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><notificationsResponse xmlns=\"http://soap.sforce.com/2005/09/outbound\"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>";
+
+/// The longest receiver faultstring relayed to Salesforce, in characters.
+const FAULTSTRING_MAX: usize = 512;
+
+/// Most informational (1xx) answers accepted before the real one.
+const MAX_INFORMATIONAL: usize = 8;
 
 /// What the receiver did, for the audit record and metrics.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +59,8 @@ pub struct Report {
     pub status: Option<u16>,
     pub ack: Option<bool>,
     pub elapsed: Duration,
+    /// A pooled connection held an unsolicited answer (it was dropped, not used).
+    pub unsolicited: bool,
 }
 
 /// One message on its way to the receiver.
@@ -41,34 +71,38 @@ pub struct Delivery<'a> {
     pub soap_action: Option<&'a [u8]>,
     pub bearer: Option<&'a str>,
     pub request_id: &'a str,
+    /// A secret the message carries (the injected token): scrubbed from anything of the
+    /// receiver's that is relayed to Salesforce.
+    pub secret: Option<&'a str>,
 }
 
 /// The pooled client for all receivers.
 pub struct Receivers {
-    connector: Connector,
+    transport: TransportConnector,
     connect_timeout: Duration,
     idle: Duration,
     max_response: usize,
-}
-
-enum Failure {
-    /// Nothing came back: safe to try once more on a fresh connection.
-    BeforeAnswer(Rejection),
-    Final(Rejection),
+    /// Receivers (by pool key) that once left an unsolicited answer on a connection: they get
+    /// a fresh connection per message from then on.
+    distrusted: RwLock<HashSet<u64>>,
 }
 
 impl Receivers {
     pub fn new(limits: &Limits, connect_timeout: Duration) -> Self {
         Receivers {
-            connector: Connector::new(Some(ConnectorOptions::new(limits.upstream_pool_size))),
+            transport: TransportConnector::new(Some(ConnectorOptions::new(
+                limits.upstream_pool_size,
+            ))),
             connect_timeout,
             idle: limits.upstream_idle,
             max_response: limits.max_response_bytes,
+            distrusted: RwLock::new(HashSet::new()),
         }
     }
 
-    /// Deliver one message within the route's deadline and return the receiver's Ack body.
-    pub async fn deliver(&self, d: &Delivery<'_>) -> (Result<Bytes, Rejection>, Report) {
+    /// Deliver one message within the route's deadline. `Ok` means the receiver's verified
+    /// Ack; the body to answer with is [`CANONICAL_ACK`].
+    pub async fn deliver(&self, d: &Delivery<'_>) -> (Result<(), Rejection>, Report) {
         let start = Instant::now();
         let mut report = Report::default();
         let limit = d.route.upstream_timeout;
@@ -80,29 +114,58 @@ impl Receivers {
         (result, report)
     }
 
-    async fn exchange(&self, d: &Delivery<'_>, report: &mut Report) -> Result<Bytes, Rejection> {
+    async fn exchange(&self, d: &Delivery<'_>, report: &mut Report) -> Result<(), Rejection> {
         let peer = self.peer(d.route).await?;
-        let (session, reused) = self.connector.get_http_session(&peer).await.map_err(|e| {
-            tracing::warn!(route = %d.route.name, error = %e, "receiver unreachable");
-            Rejection::UpstreamUnreachable
-        })?;
-        match self.once(session, &peer, d, report).await {
-            Ok(b) => Ok(b),
-            Err(Failure::Final(r)) => Err(r),
-            Err(Failure::BeforeAnswer(r)) if !reused => Err(r),
-            Err(Failure::BeforeAnswer(_)) => {
-                // A pooled connection the receiver had already closed: try a fresh one.
-                let (session, _) = self.connector.get_http_session(&peer).await.map_err(|e| {
-                    tracing::warn!(route = %d.route.name, error = %e, "receiver unreachable");
-                    Rejection::UpstreamUnreachable
-                })?;
-                self.once(session, &peer, d, report)
-                    .await
-                    .map_err(|f| match f {
-                        Failure::BeforeAnswer(r) | Failure::Final(r) => r,
-                    })
+        let key = peer.reuse_hash();
+        let keepalive = d.route.upstream_keepalive
+            && !self.distrusted.read().is_ok_and(|set| set.contains(&key));
+        let stream = self.stream(&peer, keepalive, d, report).await?;
+        let mut s = HttpSession::new_with_options(stream, &peer);
+        s.read_timeout = Some(d.route.upstream_timeout);
+        s.write_timeout = Some(d.route.upstream_timeout);
+        let verdict = self.once(&mut s, d, keepalive, report).await;
+        if verdict.is_ok() && keepalive {
+            s.respect_keepalive();
+            if let Some(stream) = s.reuse().await {
+                self.transport.release_stream(stream, key, Some(self.idle));
             }
         }
+        verdict
+    }
+
+    /// A connection to write a request on: a pooled one that is provably quiet, or a new one.
+    async fn stream(
+        &self,
+        peer: &HttpPeer,
+        keepalive: bool,
+        d: &Delivery<'_>,
+        report: &mut Report,
+    ) -> Result<Stream, Rejection> {
+        let unreachable = |e: Box<pingora_core::Error>| {
+            tracing::warn!(route = %d.route.name, error = %e, "receiver unreachable");
+            Rejection::UpstreamUnreachable
+        };
+        if keepalive {
+            // Bounded: each pass takes one connection out of the pool for good.
+            for _ in 0..4 {
+                let Some(mut stream) = self.transport.reused_stream(peer).await else {
+                    break;
+                };
+                match quiet(&mut stream) {
+                    Quiet::Yes => return Ok(stream),
+                    Quiet::Closed => continue,
+                    Quiet::Data => {
+                        tracing::warn!(route = %d.route.name, "the receiver sent bytes on an idle connection that no request asked for (an unsolicited answer); the connection is dropped and this receiver gets no more reused connections");
+                        report.unsolicited = true;
+                        if let Ok(mut set) = self.distrusted.write() {
+                            set.insert(peer.reuse_hash());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.transport.new_stream(peer).await.map_err(unreachable)
     }
 
     async fn peer(&self, route: &Route) -> Result<HttpPeer, Rejection> {
@@ -132,10 +195,10 @@ impl Receivers {
         Ok(peer)
     }
 
-    fn request_header(&self, d: &Delivery<'_>) -> Result<RequestHeader, Rejection> {
+    fn request_header(&self, d: &Delivery<'_>, keepalive: bool) -> Result<RequestHeader, Rejection> {
         let up = &d.route.upstream;
         let internal = |_| Rejection::UpstreamUnreachable;
-        let mut h = RequestHeader::build("POST", up.path_and_query.as_bytes(), Some(8))
+        let mut h = RequestHeader::build("POST", up.path_and_query.as_bytes(), Some(9))
             .map_err(internal)?;
         let default_port = if up.tls { 443 } else { 80 };
         let host = match (up.port == default_port, up.host.contains(':')) {
@@ -155,6 +218,9 @@ impl Receivers {
             .map_err(internal)?;
         h.insert_header("X-Request-Id", d.request_id)
             .map_err(internal)?;
+        if !keepalive {
+            h.insert_header("Connection", "close").map_err(internal)?;
+        }
         if let Some(token) = d.bearer {
             h.insert_header("Authorization", format!("Bearer {token}"))
                 .map_err(internal)?;
@@ -162,76 +228,186 @@ impl Receivers {
         Ok(h)
     }
 
+    /// One request and its answer. Nothing is retried from here on: the request may have
+    /// reached the receiver.
     async fn once(
         &self,
-        mut s: HttpSession,
-        peer: &HttpPeer,
+        s: &mut HttpSession,
         d: &Delivery<'_>,
+        keepalive: bool,
         report: &mut Report,
-    ) -> Result<Bytes, Failure> {
-        let header = self.request_header(d).map_err(Failure::Final)?;
+    ) -> Result<(), Rejection> {
+        let header = self.request_header(d, keepalive)?;
         let name = &d.route.name;
-        let before = |e: Box<pingora_core::Error>| {
-            tracing::warn!(route = %name, error = %e, "sending to the receiver failed");
-            Failure::BeforeAnswer(Rejection::UpstreamUnreachable)
+        let failed = |what: &'static str| {
+            move |e: Box<pingora_core::Error>| {
+                tracing::warn!(route = %name, error = %e, "{what}");
+                Rejection::UpstreamUnreachable
+            }
         };
         s.write_request_header(Box::new(header))
             .await
-            .map_err(before)?;
-        s.write_request_body(d.body.clone(), true)
+            .map_err(failed("sending to the receiver failed"))?;
+        s.write_body(&d.body)
             .await
-            .map_err(before)?;
-        s.finish_request_body().await.map_err(before)?;
-        s.read_response_header().await.map_err(|e| {
-            tracing::warn!(route = %name, error = %e, "no answer from the receiver");
-            Failure::BeforeAnswer(Rejection::UpstreamUnreachable)
-        })?;
-        let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            .map_err(failed("sending to the receiver failed"))?;
+        s.finish_body()
+            .await
+            .map_err(failed("sending to the receiver failed"))?;
+        let mut informational = 0;
+        let status = loop {
+            s.read_response()
+                .await
+                .map_err(failed("no answer from the receiver"))?;
+            let status = s.get_status().map_or(0, |c| c.as_u16());
+            match status {
+                101 => {
+                    report.status = Some(status);
+                    return Err(Rejection::UpstreamBadAnswer(
+                        "it switched protocols (101), which obmguard never asks for",
+                    ));
+                }
+                100..=199 if informational < MAX_INFORMATIONAL => informational += 1,
+                100..=199 => {
+                    return Err(Rejection::UpstreamBadAnswer(
+                        "too many informational (1xx) answers",
+                    ))
+                }
+                _ => break status,
+            }
+        };
         report.status = Some(status);
+        let encoded = s
+            .resp_header()
+            .and_then(|h| h.headers.get(http::header::CONTENT_ENCODING))
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            return Err(Rejection::UpstreamBadAnswer(
+                "it carries a Content-Encoding obmguard did not ask for",
+            ));
+        }
         let mut body = Vec::new();
         loop {
-            match s.read_response_body().await {
+            match s.read_body_bytes().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > self.max_response {
-                        return Err(Failure::Final(Rejection::UpstreamBadAnswer(
+                        return Err(Rejection::UpstreamBadAnswer(
                             "the answer is larger than limits.max_response_bytes",
-                        )));
+                        ));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(route = %name, error = %e, "the receiver's answer was cut short");
-                    return Err(Failure::Final(Rejection::UpstreamBadAnswer(
-                        "the answer was cut short",
-                    )));
+                    return Err(Rejection::UpstreamBadAnswer("the answer was cut short"));
                 }
             }
         }
-        let verdict = judge(status, &body, &d.route.message.xml);
+        let verdict = judge(status, &body, &d.route.message.xml, d.secret);
         report.ack = match &verdict {
             Ok(()) => Some(true),
             Err(Rejection::UpstreamNack) => Some(false),
             Err(_) => None,
         };
-        self.connector
-            .release_http_session(s, peer, Some(self.idle))
-            .await;
-        verdict.map(|()| Bytes::from(body)).map_err(Failure::Final)
+        verdict
+    }
+}
+
+/// What a non-blocking read says about a pooled connection.
+enum Quiet {
+    /// Nothing to read: safe to send a request on.
+    Yes,
+    /// Closed or broken by the receiver.
+    Closed,
+    /// Bytes nobody asked for.
+    Data,
+}
+
+fn quiet(stream: &mut Stream) -> Quiet {
+    let mut buf = [0u8; 1];
+    // `unconstrained`: a ready read must not be reported as pending because of tokio's budget.
+    match tokio::task::unconstrained(stream.read(&mut buf)).now_or_never() {
+        None => Quiet::Yes,
+        Some(Ok(0)) | Some(Err(_)) => Quiet::Closed,
+        Some(Ok(_)) => Quiet::Data,
     }
 }
 
 /// 200 + a well-formed `<Ack>true</Ack>` is the only success.
-fn judge(status: u16, body: &[u8], limits: &soap::Limits) -> Result<(), Rejection> {
+fn judge(
+    status: u16,
+    body: &[u8],
+    limits: &soap::Limits,
+    secret: Option<&str>,
+) -> Result<(), Rejection> {
     match (status, soap::parse_answer(body, limits)) {
         (200, Answer::Ack) => Ok(()),
         (_, Answer::Nack) => Err(Rejection::UpstreamNack),
-        (_, Answer::Fault { faultstring, .. }) => Err(Rejection::UpstreamFault(
-            faultstring.unwrap_or_else(|| "no faultstring".into()),
-        )),
-        (200, Answer::Malformed(why)) => Err(Rejection::UpstreamBadAnswer(why)),
+        (_, Answer::Fault { faultstring, .. }) => Err(Rejection::UpstreamFault(relayable(
+            faultstring.as_deref().unwrap_or("no faultstring"),
+            secret,
+        ))),
+        (200, Answer::Malformed(why)) => Err(Rejection::UpstreamBadAnswer(explain(why))),
         (other, _) => Err(Rejection::UpstreamStatus(other)),
     }
+}
+
+/// The fault text for an answer that is not a SOAP Ack, from the parser's label.
+fn explain(label: &'static str) -> &'static str {
+    match label {
+        "not_notifications_response" => "it is not <notificationsResponse> in namespace http://soap.sforce.com/2005/09/outbound; Salesforce itself accepts only that element with <Ack>true</Ack> (knowledge article 000381752), so this receiver was already failing before obmguard: fix its answer",
+        "ack_not_boolean" => "its <Ack> is not the boolean true or false",
+        "two_acks" => "it holds two <Ack> elements",
+        "no_ack" => "its notificationsResponse holds no <Ack>",
+        "not_soap" => "it is not a SOAP 1.1 Envelope",
+        "unexpected_content" => "it holds elements or text a SOAP Ack does not have",
+        other => other,
+    }
+}
+
+/// A receiver's faultstring as it may go back to Salesforce: the secret (and its
+/// percent-encoded form, and its part after `!`) replaced first, then cut to
+/// [`FAULTSTRING_MAX`] characters, then any tail that is the start of the secret replaced too,
+/// so no piece of a token survives the cut.
+pub fn relayable(text: &str, secret: Option<&str>) -> String {
+    const MARK: &str = "<access token>";
+    let Some(secret) = secret.filter(|s| s.len() >= 8) else {
+        return text.chars().take(FAULTSTRING_MAX).collect();
+    };
+    let mut forms = vec![secret.to_owned(), percent_encode(secret)];
+    if let Some((_, tail)) = secret.split_once('!') {
+        if tail.len() >= 16 {
+            forms.push(tail.to_owned());
+        }
+    }
+    let mut out = text.to_owned();
+    for form in &forms {
+        out = out.replace(form.as_str(), MARK);
+    }
+    let mut out: String = out.chars().take(FAULTSTRING_MAX).collect();
+    for form in &forms {
+        let longest = (6..form.len().min(out.len()) + 1)
+            .rev()
+            .find(|&k| form.is_char_boundary(k) && out.ends_with(&form[..k]));
+        if let Some(k) = longest {
+            out.truncate(out.len() - k);
+            out.push_str(MARK);
+        }
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Shared so every connection task can reach it.
@@ -246,25 +422,42 @@ mod tests {
     #[test]
     fn only_200_with_ack_true_is_success() {
         let l = soap::Limits::default();
-        assert!(judge(200, ACK, &l).is_ok());
+        assert!(judge(200, ACK, &l, None).is_ok());
         assert!(matches!(
-            judge(500, ACK, &l),
+            judge(500, ACK, &l, None),
             Err(Rejection::UpstreamStatus(500))
         ));
         assert!(matches!(
-            judge(200, b"<html>ok</html>", &l),
+            judge(200, b"<html>ok</html>", &l, None),
             Err(Rejection::UpstreamBadAnswer(_))
         ));
         assert!(matches!(
-            judge(200, b"", &l),
+            judge(200, b"", &l, None),
             Err(Rejection::UpstreamBadAnswer(_))
         ));
         let nack = String::from_utf8(ACK.to_vec())
             .unwrap()
             .replace("true", "false");
         assert!(matches!(
-            judge(200, nack.as_bytes(), &l),
+            judge(200, nack.as_bytes(), &l, None),
             Err(Rejection::UpstreamNack)
         ));
+    }
+
+    #[test]
+    fn the_token_is_scrubbed_before_the_faultstring_is_cut() {
+        let token = format!("00D5e000000AbCd!AQ{}", "x".repeat(110));
+        for pad in [0, 300, 450, 511 - 20, 600] {
+            let text = format!("{}{token} tail", "p".repeat(pad));
+            let out = relayable(&text, Some(&token));
+            assert!(out.chars().count() <= FAULTSTRING_MAX + 20, "{pad}");
+            assert!(!out.contains("AQxxxxxx"), "{pad}: {out}");
+            assert!(!out.contains(&token[..20]), "{pad}");
+        }
+        let encoded = percent_encode(&token);
+        let out = relayable(&format!("echo {encoded}"), Some(&token));
+        assert!(!out.contains("AQ"), "{out}");
+        assert_eq!(relayable("plain", Some(&token)), "plain");
+        assert_eq!(relayable(&"é".repeat(600), None).chars().count(), 512);
     }
 }

@@ -132,6 +132,9 @@ pub struct Route {
     pub file: PathBuf,
     pub upstream: Upstream,
     pub upstream_timeout: Duration,
+    /// Reuse connections to the receiver. Off: one connection per message, so no answer
+    /// can ever be read on behalf of another message (see upstream.rs).
+    pub upstream_keepalive: bool,
     pub max_inflight: usize,
     pub identity: Option<IdentityRule>,
     /// The effective source ranges (the route's own, or the global `[source] allow`).

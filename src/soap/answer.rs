@@ -9,8 +9,9 @@
 use super::scan::{trim_xml, Item, Ns, Scanner};
 use super::Limits;
 
-/// The longest faultstring kept, in characters.
-const FAULTSTRING_MAX: usize = 512;
+/// The most bytes of a faultstring kept. The caller scrubs secrets from it and only then cuts
+/// it to what it relays (cutting first could leave a piece of a secret behind).
+const FAULTSTRING_MAX: usize = 8 * 1024;
 
 /// What the receiver said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +24,7 @@ pub enum Answer {
     Fault {
         /// `faultcode` text, unescaped and trimmed.
         faultcode: Option<String>,
-        /// `faultstring` text, unescaped, trimmed, cut to 512 characters.
+        /// `faultstring` text, unescaped, trimmed, at most 8 KiB (cut on a character boundary).
         faultstring: Option<String>,
     },
     /// Not a readable SOAP answer; the label says why.
@@ -81,6 +82,11 @@ fn classify(body: &[u8], limits: &Limits) -> Result<Answer, &'static str> {
                                 fault = true;
                                 Ctx::Fault
                             }
+                            // A published tutorial answers `<notifications><Ack>...`; Salesforce
+                            // accepts only notificationsResponse (its article 000381752).
+                            (Ns::Outbound | Ns::None, _) => {
+                                return Err("not_notifications_response")
+                            }
                             _ => return Err("unexpected_content"),
                         }
                     }
@@ -119,7 +125,15 @@ fn classify(body: &[u8], limits: &Limits) -> Result<Answer, &'static str> {
                 }
                 Some(Ctx::FaultCode) => faultcode = Some(trim_xml(&text).to_owned()),
                 Some(Ctx::FaultString) => {
-                    faultstring = Some(trim_xml(&text).chars().take(FAULTSTRING_MAX).collect())
+                    let mut t = trim_xml(&text);
+                    if t.len() > FAULTSTRING_MAX {
+                        let mut end = FAULTSTRING_MAX;
+                        while !t.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        t = &t[..end];
+                    }
+                    faultstring = Some(t.to_owned())
                 }
                 _ => {}
             },
@@ -127,7 +141,7 @@ fn classify(body: &[u8], limits: &Limits) -> Result<Answer, &'static str> {
                 Some(ctx @ (Ctx::Ack | Ctx::FaultCode | Ctx::FaultString)) => {
                     // Bound what is kept: a faultstring is cut anyway, but an Ack's text must
                     // be read whole: dropping its tail could turn `true ... false` into `true`.
-                    if text.len() < 4 * FAULTSTRING_MAX + 64 {
+                    if text.len() < FAULTSTRING_MAX + 64 {
                         chars.push_to(&mut text);
                     } else if matches!(ctx, Ctx::Ack) {
                         return Err("ack_not_boolean");
@@ -230,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn cuts_a_long_faultstring_to_512_characters() {
+    fn bounds_a_long_faultstring() {
         let long = "é".repeat(2000);
         let body = format!(
             r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>{long}</faultstring></s:Fault></s:Body></s:Envelope>"#
@@ -242,7 +256,19 @@ mod tests {
         else {
             panic!("not a fault")
         };
-        assert_eq!(s.chars().count(), 512);
+        assert_eq!(s.chars().count(), 2000);
+        let long = "é".repeat(20_000);
+        let body = format!(
+            r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode>s:Client</faultcode><faultstring>{long}</faultstring></s:Fault></s:Body></s:Envelope>"#
+        );
+        let Answer::Fault {
+            faultstring: Some(s),
+            ..
+        } = answer(body.as_bytes())
+        else {
+            panic!("not a fault")
+        };
+        assert_eq!(s.len(), FAULTSTRING_MAX);
     }
 
     #[test]
