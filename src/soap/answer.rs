@@ -228,7 +228,20 @@ mod tests {
         let body = response(r#"<Ack xmlns="urn:other">true</Ack>"#);
         assert_eq!(answer(&body), Answer::Malformed("unexpected_content"));
         let body = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#;
-        assert_eq!(answer(body), Answer::Malformed("unexpected_content"));
+        assert_eq!(answer(body), Answer::Malformed("not_notifications_response"));
+    }
+
+    #[test]
+    fn a_notifications_answer_is_not_an_ack() {
+        for inner in ["<Ack>true</Ack>", "<Ack>1</Ack>"] {
+            let body = format!(
+                r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound">{inner}</notifications></soapenv:Body></soapenv:Envelope>"#
+            );
+            assert_eq!(
+                answer(body.as_bytes()),
+                Answer::Malformed("not_notifications_response")
+            );
+        }
     }
 
     #[test]
