@@ -1,7 +1,9 @@
 //! After the answer: one metrics update, one audit line and one log line per request.
 //!
 //! Only identifiers and decisions are recorded: never a body, a field value, a session id or
-//! a token. A failure to write the audit line is logged at error level and counted
+//! a token. Every value a sender chose (ids, sObject types, the certificate subject) passes
+//! [`sanitize`] first: a valid Salesforce id as it is, anything else cut short and reduced to
+//! a plain character set, so a megabyte "id" or a forged log line costs a few bytes. A failure to write the audit line is logged at error level and counted
 //! (`obmguard_audit_write_failures_total`) but does not change the answer already decided:
 //! refusing a message the receiver has accepted would only make Salesforce deliver it again.
 
@@ -98,6 +100,7 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
     );
 
     let msg = f.message.as_ref();
+    let org = msg.map(|m| id(&m.organization_id));
     let rec = AuditRecord {
         time: audit::timestamp(SystemTime::now()),
         request_id: f.request_id.clone(),
@@ -105,11 +108,20 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
         peer: f.peer.to_string(),
         client_ip: f.client_ip.to_string(),
         client_cert_sha256: Some(f.identity.sha256_hex.clone()),
-        client_cert_subject: Some(f.identity.subject.clone()),
-        organization_id: msg.map(|m| m.organization_id.clone()),
-        action_id: msg.map(|m| m.action_id.clone()),
-        notification_ids: msg.map(|m| m.notification_ids.clone()).unwrap_or_default(),
-        sobject_types: msg.map(|m| m.sobject_types.clone()).unwrap_or_default(),
+        client_cert_subject: Some(sanitize(&f.identity.subject, SUBJECT_MAX)),
+        organization_id: org.clone(),
+        action_id: msg.map(|m| id(&m.action_id)),
+        notification_ids: msg
+            .map(|m| m.notification_ids.iter().map(|n| id(n)).collect())
+            .unwrap_or_default(),
+        sobject_types: msg
+            .map(|m| {
+                m.sobject_types
+                    .iter()
+                    .map(|t| sanitize(t, TYPE_MAX))
+                    .collect()
+            })
+            .unwrap_or_default(),
         session_id: seen(msg),
         session_action: action.map(str::to_string),
         mode: f
@@ -131,7 +143,7 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
         route,
         peer = %f.peer,
         client_ip = %f.client_ip,
-        organization_id = msg.map(|m| m.organization_id.as_str()).unwrap_or("-"),
+        organization_id = org.as_deref().unwrap_or("-"),
         status,
         decision,
         reason = reason.unwrap_or("-"),
@@ -139,4 +151,52 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
         duration_ms = rec.duration_ms,
         "request"
     );
+}
+
+/// Longest sObject type name recorded (Salesforce's API names are at most 40 characters plus
+/// a namespace prefix and suffix).
+const TYPE_MAX: usize = 80;
+/// Longest certificate subject recorded.
+const SUBJECT_MAX: usize = 256;
+/// Longest id recorded when it is not a valid id (a valid one is 15 or 18 characters).
+const ID_MAX: usize = 24;
+
+/// An id as recorded: as sent when it is a valid Salesforce id, else sanitised and cut short.
+fn id(raw: &str) -> String {
+    match crate::sfid::SfId::parse(raw) {
+        Ok(_) => raw.to_owned(),
+        Err(_) => sanitize(raw, ID_MAX),
+    }
+}
+
+/// A sender-chosen value made safe for a log line or an audit field: at most `max` characters
+/// of a plain set (letters, digits and `.-_:/@=,+ `), anything else as `?`, and `…` plus the
+/// original length in bytes when it was cut.
+pub fn sanitize(raw: &str, max: usize) -> String {
+    let mut out = String::with_capacity(raw.len().min(max) + 16);
+    for (n, c) in raw.chars().enumerate() {
+        if n == max {
+            out.push_str(&format!("…({} bytes)", raw.len()));
+            return out;
+        }
+        let plain = c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/' | '@' | '=' | ',' | '+' | ' ');
+        out.push(if plain { c } else { '?' });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_values_are_bounded_and_plain() {
+        assert_eq!(id("00D5e000000AbCdEAK"), "00D5e000000AbCdEAK");
+        let huge = "A".repeat(900_000);
+        let cut = id(&huge);
+        assert!(cut.len() < 64, "{cut}");
+        assert!(cut.ends_with("(900000 bytes)"));
+        assert_eq!(sanitize("a\nb\"c<d>\u{202e}", 80), "a?b?c?d??");
+        assert_eq!(sanitize("CN=proxy.salesforce.com, O=Salesforce", 80), "CN=proxy.salesforce.com, O=Salesforce");
+    }
 }

@@ -553,6 +553,12 @@ fn sobject_type(scanner: &Scanner<'_>, xsi: XsiAttrs<'_>, at: usize) -> Result<S
             detail: "a reference inside xsi:type".to_owned(),
         });
     }
+    if value.len() > 256 {
+        return Err(XmlError::FieldTooLong {
+            what: "xsi:type of an sObject",
+            limit: 256,
+        });
+    }
     if scanner.element_ns(value).is_none() {
         return Err(XmlError::UndeclaredPrefix {
             at,
