@@ -92,6 +92,20 @@ pub enum IdentityDenied {
     CommonName,
     #[error("the client certificate is not one this route pins")]
     NotPinned,
+    #[error("the client certificate has expired or is not yet valid: a resumed TLS session or a kept-alive connection does not extend it; renew the certificate")]
+    OutsideValidity,
+}
+
+impl PeerIdentity {
+    /// Whether the certificate is within its validity window at `now` (Unix seconds). The
+    /// handshake checked it once; a resumed session or a long keep-alive connection must not
+    /// outlive it, so every request checks again.
+    pub fn check_validity(&self, now: i64) -> Result<(), IdentityDenied> {
+        if now < self.not_before || now > self.not_after {
+            return Err(IdentityDenied::OutsideValidity);
+        }
+        Ok(())
+    }
 }
 
 impl IdentityRule {

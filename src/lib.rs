@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod head;
 pub mod identity;
 pub mod intake;
 pub mod lifecycle;

@@ -240,7 +240,11 @@ impl Metrics {
                 "Pooled receiver connections that held an unsolicited answer.",
                 &["route"],
             )?,
-            panics: counter(PANICS_TOTAL, "Requests whose handling panicked.", &["route"])?,
+            panics: counter(
+                PANICS_TOTAL,
+                "Requests whose handling panicked.",
+                &["route"],
+            )?,
             tls_failures: counter(
                 TLS_HANDSHAKE_FAILURES_TOTAL,
                 "TLS handshakes that failed.",

@@ -28,15 +28,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::FutureExt;
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
-use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::accept::ConnectionCaps;
+use crate::head::{HeadCutOff, HeadLimited};
 use crate::identity::PeerIdentity;
 use crate::metrics::{cert_kind, stage};
 use crate::policy::SessionPlan;
@@ -125,9 +126,11 @@ impl Listener {
             }
         };
         drop(gen);
+        let (tls, head) = HeadLimited::new(tls);
         let mut stream: Stream = Box::new(tls);
         let mut persistent: Option<HttpPersistentSettings> = None;
         let mut reused = false;
+        let opened = std::time::Instant::now();
         loop {
             let gen = rt.current();
             let t = &gen.config.timeouts;
@@ -135,16 +138,30 @@ impl Listener {
             if let Some(p) = persistent.take() {
                 p.apply_to_session(&mut session);
             }
-            let stopping = rt.is_draining() || *shutdown.borrow();
+            let stopping =
+                rt.is_draining() || *shutdown.borrow() || opened.elapsed() >= t.max_connection_age;
             session.set_keepalive((!stopping).then_some(t.idle_keepalive.as_secs()));
-            let head_limit = if reused {
-                t.idle_keepalive
+            // A kept-alive connection may idle before its next head; once a head starts, it
+            // has request_head from its first byte (enforced by `head`).
+            let wait = if reused {
+                t.idle_keepalive + t.request_head
             } else {
                 t.request_head
             };
-            match tokio::time::timeout(head_limit, session.read_request()).await {
-                Ok(Ok(true)) => {}
-                Ok(_) => return,
+            head.expect_head(2 * gen.config.limits.max_header_bytes, t.request_head);
+            match tokio::time::timeout(wait, session.read_request()).await {
+                Ok(Ok(true)) => head.head_done(),
+                Ok(_) => {
+                    match head.cut_off() {
+                        Some(HeadCutOff::TooLarge) => {
+                            rt.metrics
+                                .rejection("-", Rejection::HeadersTooLarge.reason());
+                        }
+                        Some(HeadCutOff::Deadline) => rt.metrics.timeout(stage::REQUEST_HEAD),
+                        None => {}
+                    }
+                    return;
+                }
                 Err(_) => {
                     if !reused {
                         rt.metrics.timeout(stage::REQUEST_HEAD);
@@ -155,7 +172,11 @@ impl Listener {
             // Boxed: an idle keep-alive connection then holds a small future, not the space the
             // whole request pipeline (body, parse, token, upstream call) needs while it runs.
             let reply = Box::pin(self.request(&gen, peer, &identity, &mut session)).await;
-            if reply.close || rt.is_draining() || *shutdown.borrow() {
+            if reply.close
+                || rt.is_draining()
+                || *shutdown.borrow()
+                || opened.elapsed() >= t.max_connection_age
+            {
                 session.set_keepalive(None);
             }
             match tokio::time::timeout(t.response_write, write(&mut session, &reply)).await {
@@ -261,6 +282,9 @@ impl Listener {
         if !route.source.contains(f.client_ip) {
             return Err(Rejection::SourceIp(f.client_ip));
         }
+        f.identity
+            .check_validity(crate::tls::unix_now())
+            .map_err(Rejection::Identity)?;
         if let Some(rule) = &route.identity {
             rule.check(&f.identity).map_err(Rejection::Identity)?;
         }
@@ -319,9 +343,7 @@ impl Listener {
                     }
                 },
             },
-            (SessionPlan::Inject, ..) => {
-                return Err(Rejection::Internal("inject without a token"))
-            }
+            (SessionPlan::Inject, ..) => return Err(Rejection::Internal("inject without a token")),
         };
         let out = soap::rewrite(&body, msg, &how).map_err(|e| {
             tracing::warn!(route = %route.name, error = %e, "rewrite refused");

@@ -179,7 +179,8 @@ pub fn sanitize(raw: &str, max: usize) -> String {
             out.push_str(&format!("…({} bytes)", raw.len()));
             return out;
         }
-        let plain = c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/' | '@' | '=' | ',' | '+' | ' ');
+        let plain = c.is_ascii_alphanumeric()
+            || matches!(c, '.' | '-' | '_' | ':' | '/' | '@' | '=' | ',' | '+' | ' ');
         out.push(if plain { c } else { '?' });
     }
     out
@@ -197,6 +198,9 @@ mod tests {
         assert!(cut.len() < 64, "{cut}");
         assert!(cut.ends_with("(900000 bytes)"));
         assert_eq!(sanitize("a\nb\"c<d>\u{202e}", 80), "a?b?c?d??");
-        assert_eq!(sanitize("CN=proxy.salesforce.com, O=Salesforce", 80), "CN=proxy.salesforce.com, O=Salesforce");
+        assert_eq!(
+            sanitize("CN=proxy.salesforce.com, O=Salesforce", 80),
+            "CN=proxy.salesforce.com, O=Salesforce"
+        );
     }
 }

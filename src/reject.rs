@@ -122,9 +122,7 @@ impl Rejection {
             BodyIncomplete => (400, FaultCode::Client, outcome::REJECTED),
             HeadersTooLarge => (431, FaultCode::Client, outcome::REJECTED),
             SourceIp(_) | Identity(_) | Organization(_) | Action(_) | SessionIdRejected
-            | CallbackUrl(_) => {
-                (403, FaultCode::Client, outcome::REJECTED)
-            }
+            | CallbackUrl(_) => (403, FaultCode::Client, outcome::REJECTED),
             ContentType => (415, FaultCode::Client, outcome::REJECTED),
             BodyTooLarge(_) => (413, FaultCode::Client, outcome::REJECTED),
             BodyTimeout(_) => (408, FaultCode::Client, outcome::REJECTED),

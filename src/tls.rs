@@ -344,9 +344,51 @@ pub fn server_config(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Serve
         .with_cert_resolver(Arc::new(FixedCert(config.server.certified_key.clone())));
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
     sc.ignore_client_order = true;
-    sc.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-    sc.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    // Resumption by ticket only, with the lifetime enforced here: rustls itself only tells
+    // the client how long a ticket lives. (No stateful session cache: it has no lifetime.)
+    sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let inner = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    sc.ticketer = Arc::new(AgedTickets {
+        inner,
+        lifetime: config.timeouts.tls_ticket_lifetime,
+    });
     Ok(Arc::new(sc))
+}
+
+/// Session tickets that expire: the issue time is sealed inside the ticket (by rustls's own
+/// ticketer, which encrypts and authenticates it), and a ticket older than `lifetime` no
+/// longer decrypts, so the client falls back to a full handshake, which verifies its
+/// certificate again.
+#[derive(Debug)]
+struct AgedTickets {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    lifetime: std::time::Duration,
+}
+
+impl rustls::server::ProducesTickets for AgedTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        u32::try_from(self.lifetime.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut sealed = Vec::with_capacity(8 + plain.len());
+        sealed.extend_from_slice(&unix_now().to_be_bytes());
+        sealed.extend_from_slice(plain);
+        self.inner.encrypt(&sealed)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let sealed = self.inner.decrypt(cipher)?;
+        let (issued, plain) = sealed.split_first_chunk::<8>()?;
+        let age = unix_now().saturating_sub(i64::from_be_bytes(*issued));
+        (0..=self.lifetime.as_secs() as i64)
+            .contains(&age)
+            .then(|| plain.to_vec())
+    }
 }
 
 /// Why a handshake did not complete, as a bounded metric label.

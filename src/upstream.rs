@@ -195,7 +195,11 @@ impl Receivers {
         Ok(peer)
     }
 
-    fn request_header(&self, d: &Delivery<'_>, keepalive: bool) -> Result<RequestHeader, Rejection> {
+    fn request_header(
+        &self,
+        d: &Delivery<'_>,
+        keepalive: bool,
+    ) -> Result<RequestHeader, Rejection> {
         let up = &d.route.upstream;
         let internal = |_| Rejection::UpstreamUnreachable;
         let mut h = RequestHeader::build("POST", up.path_and_query.as_bytes(), Some(9))

@@ -484,6 +484,22 @@ fn build_timeouts(d: &mut FileDiag, t: &file::TimeoutsSection) -> Timeouts {
             60_000,
         ),
         drain: millis(d, "timeouts.drain_ms", &t.drain_ms, 60_000, 0, 600_000),
+        max_connection_age: millis(
+            d,
+            "timeouts.max_connection_age_ms",
+            &t.max_connection_age_ms,
+            3_600_000,
+            1_000,
+            86_400_000,
+        ),
+        tls_ticket_lifetime: millis(
+            d,
+            "timeouts.tls_ticket_lifetime_ms",
+            &t.tls_ticket_lifetime_ms,
+            3_600_000,
+            1_000,
+            86_400_000,
+        ),
     }
 }
 

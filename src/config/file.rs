@@ -67,6 +67,8 @@ pub struct TimeoutsSection {
     pub response_write_ms: Option<S<i64>>,
     pub upstream_connect_ms: Option<S<i64>>,
     pub drain_ms: Option<S<i64>>,
+    pub max_connection_age_ms: Option<S<i64>>,
+    pub tls_ticket_lifetime_ms: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

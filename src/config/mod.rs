@@ -87,6 +87,12 @@ pub struct Timeouts {
     pub response_write: Duration,
     pub upstream_connect: Duration,
     pub drain: Duration,
+    /// After this, a connection ends with its next answer (its certificate is checked anew on
+    /// the next connection's handshake).
+    pub max_connection_age: Duration,
+    /// How long a TLS session ticket resumes a session (enforced by obmguard, not only told
+    /// to the client).
+    pub tls_ticket_lifetime: Duration,
 }
 
 #[derive(Debug, Clone)]

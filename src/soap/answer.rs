@@ -228,7 +228,10 @@ mod tests {
         let body = response(r#"<Ack xmlns="urn:other">true</Ack>"#);
         assert_eq!(answer(&body), Answer::Malformed("unexpected_content"));
         let body = br#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notificationsResponse><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>"#;
-        assert_eq!(answer(body), Answer::Malformed("not_notifications_response"));
+        assert_eq!(
+            answer(body),
+            Answer::Malformed("not_notifications_response")
+        );
     }
 
     #[test]

@@ -226,7 +226,9 @@ pub enum XmlError {
         name: String,
     },
     /// A field holds more characters than any Salesforce value of its kind.
-    #[error("the {what} element holds more than {limit} bytes; Salesforce ids are 15 or 18 characters")]
+    #[error(
+        "the {what} element holds more than {limit} bytes; Salesforce ids are 15 or 18 characters"
+    )]
     FieldTooLong {
         /// Which field.
         what: &'static str,

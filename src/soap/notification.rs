@@ -781,7 +781,10 @@ mod tests {
             ("<sf:Id>", r#"<sf:Id id="s1">"#),
             ("<sf:Id>", r##"<sf:Id href="#s1">"##),
             ("<notifications ", r#"<notifications id="n" "#),
-            ("<soapenv:Body>", r#"<soapenv:Body soapenv:encodingStyle="x">"#),
+            (
+                "<soapenv:Body>",
+                r#"<soapenv:Body soapenv:encodingStyle="x">"#,
+            ),
         ];
         for (from, to) in cases {
             let body = edited(from, to);
@@ -791,7 +794,10 @@ mod tests {
             );
         }
         // What Salesforce does send stays accepted.
-        ok(&edited("<SessionId>", r#"<SessionId xsi:type="xsd:string">"#));
+        ok(&edited(
+            "<SessionId>",
+            r#"<SessionId xsi:type="xsd:string">"#,
+        ));
         ok(&edited("<sf:Id>", r#"<sf:Id xsi:type="xsd:string">"#));
     }
 

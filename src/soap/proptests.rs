@@ -95,7 +95,10 @@ fn modes() -> [SessionRewrite<'static>; 5] {
         SessionRewrite::Remove,
         SessionRewrite::Inject {
             token: "00DNEW!AQ<tok>&en",
-            urls: CallbackUrls::Verify { instance_url: "https://acme.my.salesforce.com", also: &[] },
+            urls: CallbackUrls::Verify {
+                instance_url: "https://acme.my.salesforce.com",
+                also: &[],
+            },
         },
         SessionRewrite::Inject {
             token: "00DNEW!AQ<tok>&en",

@@ -292,8 +292,8 @@ fn callback_rewrites(
                 let same_port = authority.split_once(':').map(|(_, p)| p)
                     == origin[HTTPS.len()..].split_once(':').map(|(_, p)| p);
                 let host = host_of(authority);
-                let allowed = (host == instance_host && same_port)
-                    || also.iter().any(|h| *h == host);
+                let allowed =
+                    (host == instance_host && same_port) || also.iter().any(|h| *h == host);
                 if !allowed {
                     return Err(refused);
                 }
@@ -339,9 +339,8 @@ fn callback_url(url: &str) -> Option<(&str, &str)> {
             .rsplit('.')
             .next()
             .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-    });
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     let path_ok = path
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_'));
@@ -671,10 +670,22 @@ mod tests {
             also: &also,
         };
         let ok_body = Fixture::default().text();
-        let out = text(run(ok_body.as_bytes(), SessionRewrite::Inject { token: "t", urls: verify }));
+        let out = text(run(
+            ok_body.as_bytes(),
+            SessionRewrite::Inject {
+                token: "t",
+                urls: verify,
+            },
+        ));
         assert!(out.contains(ENTERPRISE_URL), "left as sent");
         let allowed = ok_body.replace("acme.my.salesforce.com", "other.my.salesforce.com");
-        run(allowed.as_bytes(), SessionRewrite::Inject { token: "t", urls: verify });
+        run(
+            allowed.as_bytes(),
+            SessionRewrite::Inject {
+                token: "t",
+                urls: verify,
+            },
+        );
         for host in [
             "evil.example",
             "acme.my.salesforce.com.evil.example",
@@ -682,16 +693,25 @@ mod tests {
         ] {
             let body = ok_body.replace("acme.my.salesforce.com", host);
             let msg = parse(body.as_bytes(), &Limits::default()).unwrap();
-            let how = SessionRewrite::Inject { token: "t", urls: verify };
+            let how = SessionRewrite::Inject {
+                token: "t",
+                urls: verify,
+            };
             assert!(
-                matches!(rewrite(body.as_bytes(), &msg, &how), Err(RewriteError::CallbackUrl(_))),
+                matches!(
+                    rewrite(body.as_bytes(), &msg, &how),
+                    Err(RewriteError::CallbackUrl(_))
+                ),
                 "{host}"
             );
         }
         // Written with a character reference: what was checked is not what is forwarded.
         let body = ok_body.replacen("acme.my", "&#97;cme.my", 1);
         let msg = parse(body.as_bytes(), &Limits::default()).unwrap();
-        let how = SessionRewrite::Inject { token: "t", urls: verify };
+        let how = SessionRewrite::Inject {
+            token: "t",
+            urls: verify,
+        };
         assert_eq!(
             rewrite(body.as_bytes(), &msg, &how),
             Err(RewriteError::CallbackUrl("EnterpriseUrl"))

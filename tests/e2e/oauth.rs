@@ -92,7 +92,8 @@ async fn inject_replaces_the_session_id_with_a_fresh_token_and_rewrites_urls() {
             &m,
             "obmguard_session_ids_total{action=\"injected\",route=\"legacy\"}"
         ),
-        1.0
+        2.0,
+        "an injection into a nil SessionId is counted too"
     );
     assert!(
         metric(
