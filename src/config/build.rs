@@ -771,7 +771,7 @@ fn build_route(d: &mut FileDiag, f: &Path, rf: &file::RouteFile, ctx: &RouteCtx)
         file: f.to_path_buf(),
         upstream: upstream?,
         upstream_timeout,
-        upstream_keepalive: rf.upstream_keepalive.unwrap_or(true),
+        upstream_keepalive: rf.upstream_keepalive.unwrap_or(false),
         max_inflight,
         identity,
         source,

@@ -92,7 +92,7 @@ pub struct RouteFile {
     pub path: S<String>,
     pub upstream: S<String>,
     pub upstream_timeout_ms: Option<S<i64>>,
-    /// Reuse connections to the receiver (default true).
+    /// Reuse connections to the receiver (default false: see upstream.rs).
     pub upstream_keepalive: Option<bool>,
     /// PEM file of CAs trusted for an `https://` upstream instead of the system roots.
     pub upstream_ca: Option<S<String>>,

@@ -85,6 +85,12 @@ impl TlsClientConfig {
         self
     }
 
+    /// The rustls configuration, to share between connections so that they resume TLS
+    /// sessions (see [`Connection::connect_shared`]).
+    pub fn shared(&self) -> io::Result<Arc<rustls::ClientConfig>> {
+        self.rustls_config().map(Arc::new)
+    }
+
     fn rustls_config(&self) -> io::Result<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in pki::load_certs(&self.ca_pem)? {
@@ -169,7 +175,17 @@ impl Connection {
     /// Connect (binding `cfg.bind` if set) and complete the TLS handshake. See the module
     /// documentation for when a refused client certificate is reported.
     pub async fn connect(addr: SocketAddr, cfg: &TlsClientConfig) -> io::Result<Connection> {
-        let tls = TlsConnector::from(Arc::new(cfg.rustls_config()?));
+        Self::connect_shared(addr, cfg, Arc::new(cfg.rustls_config()?)).await
+    }
+
+    /// As [`Connection::connect`] with a rustls configuration from [`TlsClientConfig::shared`]:
+    /// a second connection with the same one resumes the first one's TLS session.
+    pub async fn connect_shared(
+        addr: SocketAddr,
+        cfg: &TlsClientConfig,
+        rustls: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Connection> {
+        let tls = TlsConnector::from(rustls);
         let name = ServerName::try_from(cfg.server_name.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tcp = match cfg.bind {
@@ -193,6 +209,17 @@ impl Connection {
             host: format!("{}:{}", cfg.server_name, addr.port()),
             timeout: cfg.timeout,
         })
+    }
+
+    /// Write bytes as they are (no framing) and flush.
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Whether the handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     /// The negotiated TLS version.

@@ -158,7 +158,7 @@ pub fn find_element<'a>(doc: &'a str, local: &str) -> Option<Element<'a>> {
     None
 }
 
-fn escape(text: &str) -> String {
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

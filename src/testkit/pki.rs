@@ -67,6 +67,9 @@ pub struct Identity {
     pub spki_sha256: String,
 }
 
+/// How long [`Pki::short_lived`] stays valid after generation, in seconds.
+pub const SHORT_LIVED_SECS: i64 = 6;
+
 /// Every file of the test PKI. Created by [`Pki::generate`].
 #[derive(Debug, Clone)]
 pub struct Pki {
@@ -99,6 +102,9 @@ pub struct Pki {
     /// Client certificate from the client CA whose subject holds two CN attributes, in this
     /// order: `proxy.salesforce.com`, then `other.example.com` (two separate RDNs).
     pub two_cns: Identity,
+    /// Signed by the client CA, valid until [`SHORT_LIVED_SECS`] after the PKI was generated
+    /// (for tests of what happens when a certificate expires during a session).
+    pub short_lived: Identity,
 }
 
 /// A generated certificate with its key, kept in memory to sign others.
@@ -232,6 +238,18 @@ impl Pki {
             Some(&client_ca),
         )?;
 
+        let short_lived = make_leaf(
+            "short-lived client",
+            Leaf::Client,
+            subject(&[(DnType::CommonName, SALESFORCE_CN)]),
+            vec![],
+            (
+                now - Duration::days(1),
+                now + Duration::seconds(SHORT_LIVED_SECS),
+            ),
+            Some(&client_ca),
+        )?;
+
         Ok(Pki {
             dir: dir.to_path_buf(),
             server_ca: w.cert("server-ca.pem", &[&server_ca])?,
@@ -247,6 +265,7 @@ impl Pki {
             self_signed_a: w.identity("client-self-signed-a", &self_signed_a, None)?,
             self_signed_b: w.identity("client-self-signed-b", &self_signed_b, None)?,
             two_cns: w.identity("client-two-cns", &two_cns, None)?,
+            short_lived: w.identity("client-short-lived", &short_lived, None)?,
         })
     }
 }

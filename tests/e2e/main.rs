@@ -2,6 +2,7 @@
 //! time, a real HTTP receiver and token endpoint, all on loopback. One binary, a module per
 //! stage or concern, sharing one harness.
 
+mod axis;
 mod harness;
 
 mod check;
@@ -11,4 +12,5 @@ mod demo;
 mod faults;
 mod oauth;
 mod ops;
+mod redteam;
 mod soap;
