@@ -252,6 +252,9 @@ fn write_token_element(
     Ok(())
 }
 
+/// A span of the body and the text that replaces it.
+type Replacement = (Range<usize>, String);
+
 /// The new text of each callback URL that changes (in document order), or the refusal: a
 /// URL that cannot be rewritten, or (when verifying) names a host the token must not reach.
 /// An absent or empty URL leads nowhere and is left alone.
@@ -259,7 +262,7 @@ fn callback_rewrites(
     body: &[u8],
     msg: &Message,
     urls: &CallbackUrls<'_>,
-) -> Result<[Option<(Range<usize>, String)>; 2], RewriteError> {
+) -> Result<[Option<Replacement>; 2], RewriteError> {
     let spans = &msg.spans;
     let callbacks = [
         ("EnterpriseUrl", &spans.enterprise_text, &msg.enterprise_url),
@@ -292,8 +295,7 @@ fn callback_rewrites(
                 let same_port = authority.split_once(':').map(|(_, p)| p)
                     == origin[HTTPS.len()..].split_once(':').map(|(_, p)| p);
                 let host = host_of(authority);
-                let allowed =
-                    (host == instance_host && same_port) || also.iter().any(|h| *h == host);
+                let allowed = (host == instance_host && same_port) || also.contains(&host);
                 if !allowed {
                     return Err(refused);
                 }
