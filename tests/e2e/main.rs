@@ -11,4 +11,5 @@ mod demo;
 mod faults;
 mod oauth;
 mod ops;
+mod ranges;
 mod soap;
