@@ -51,12 +51,17 @@ pub enum Command {
         #[arg(long)]
         route: String,
     },
-    /// Summarise an audit file: which orgs and actions still send session ids.
+    /// Summarise an audit file: which orgs and actions still send session ids (table, json,
+    /// or html: the migration page, also served live by the admin listener at /report).
     Report {
         #[arg(long)]
         audit: PathBuf,
+        /// table, json or html.
         #[arg(long, default_value = "table")]
         format: crate::report::Format,
+        /// Write the report to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run a self-contained demonstration on loopback: throw-away PKI, a sample legacy
     /// receiver, a token endpoint, the proxy, and notifications sent the way Salesforce does.

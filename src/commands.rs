@@ -41,16 +41,7 @@ pub fn run(cmd: Command) -> i32 {
         } => serve(&config, upgrade, upgrade_sock),
         Command::Check { config } => check(&config),
         Command::Token { config, route } => token(&config, &route),
-        Command::Report { audit, format } => {
-            let mut out = std::io::stdout().lock();
-            match crate::report::run(&audit, format, &mut out) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("obmguard report: {e}");
-                    2
-                }
-            }
-        }
+        Command::Report { audit, format, out } => report(&audit, format, out.as_deref()),
         Command::ImportRanges {
             from,
             fetch,
@@ -70,6 +61,46 @@ pub fn run(cmd: Command) -> i32 {
         }),
         Command::Demo { keep_running } => crate::demo::run(keep_running),
         Command::SampleReceiver { listen } => crate::demo::sample_receiver(listen),
+    }
+}
+
+fn report(audit: &Path, format: crate::report::Format, out: Option<&Path>) -> i32 {
+    let result = match out {
+        None => crate::report::run(audit, format, &mut std::io::stdout().lock()),
+        Some(path) => {
+            // Written beside the target and renamed, so a browser never shows half a page.
+            let tmp = path.with_extension("tmp");
+            let written = std::fs::File::create(&tmp)
+                .map(std::io::BufWriter::new)
+                .map_err(|e| {
+                    crate::report::ReportError::Write(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot create {}: {e}", tmp.display()),
+                    ))
+                })
+                .and_then(|mut f| crate::report::run(audit, format, &mut f))
+                .and_then(|()| {
+                    std::fs::rename(&tmp, path).map_err(|e| {
+                        crate::report::ReportError::Write(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot write {}: {e}", path.display()),
+                        ))
+                    })
+                });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            } else {
+                println!("{}: written", path.display());
+            }
+            written
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("obmguard report: {e}");
+            2
+        }
     }
 }
 

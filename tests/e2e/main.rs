@@ -12,4 +12,5 @@ mod faults;
 mod oauth;
 mod ops;
 mod ranges;
+mod report_page;
 mod soap;
