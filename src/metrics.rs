@@ -220,6 +220,16 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let policy_reloads = counter(
+            POLICY_RELOADS_TOTAL,
+            "Policy reloads, by outcome.",
+            &["outcome"],
+        )?;
+        // At zero from the start, so an alert on increase() sees the first refused reload.
+        for o in ["ok", "error"] {
+            policy_reloads.with_label_values(&[o]);
+        }
+
         Ok(Metrics {
             requests: counter(
                 REQUESTS_TOTAL,
@@ -275,11 +285,7 @@ impl Metrics {
                 &["kind", "name"],
             )?,
             cert_not_after: Mutex::new(BTreeMap::new()),
-            policy_reloads: counter(
-                POLICY_RELOADS_TOTAL,
-                "Policy reloads, by outcome.",
-                &["outcome"],
-            )?,
+            policy_reloads,
             ranges_date: gauge(
                 SALESFORCE_RANGES_DATE_SECONDS,
                 "Date (Unix time) the @salesforce ranges in force are current as of.",

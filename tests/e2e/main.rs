@@ -9,6 +9,7 @@ mod compose;
 mod core;
 mod demo;
 mod faults;
+mod monitoring;
 mod oauth;
 mod ops;
 mod ranges;
