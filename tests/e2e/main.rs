@@ -15,3 +15,4 @@ mod ops;
 mod ranges;
 mod report_page;
 mod soap;
+mod systemd;
