@@ -153,6 +153,27 @@ fn toml_message(e: &toml::de::Error) -> String {
     }
 }
 
+/// What to do when a file the example configuration names does not exist yet: the dev PKI
+/// script makes the certificates under `certs/` and the dummy secret under `secrets/`.
+/// Empty unless one of `paths` is missing and `certs/make-dev-pki.sh` sits where it would.
+fn dev_pki_hint(paths: &[&Path]) -> String {
+    for p in paths.iter().filter(|p| !p.exists()) {
+        let dir = p.parent().unwrap_or(Path::new(""));
+        let root = dir.parent().unwrap_or(Path::new(""));
+        let named = dir
+            .file_name()
+            .is_some_and(|n| n == "certs" || n == "secrets");
+        let script = root.join("certs").join("make-dev-pki.sh");
+        if named && script.is_file() {
+            return format!(
+                "; to try obmguard, run {} first: it makes the development certificates and a dummy secret (for production, see certs/README.md)",
+                script.display()
+            );
+        }
+    }
+    String::new()
+}
+
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
@@ -265,10 +286,11 @@ fn build_server(d: &mut FileDiag, base: &Path, s: &file::ServerSection) -> Optio
     let (certified_key, cert_not_after, cert_subject) = match key {
         Ok(k) => k,
         Err(e) => {
+            let hint = dev_pki_hint(&[&tls_cert, &tls_key]);
             d.error(
                 span(&s.tls_cert),
                 "server.tls_cert / server.tls_key",
-                e.to_string(),
+                format!("{e}{hint}"),
             );
             return None;
         }
@@ -377,7 +399,10 @@ fn build_trust(
                 ca_expiry = expiry;
                 ca_file = Some(p);
             }
-            Err(e) => d.error(span(b), "client_cert.ca_bundle", e),
+            Err(e) => {
+                let hint = dev_pki_hint(&[&p]);
+                d.error(span(b), "client_cert.ca_bundle", format!("{e}{hint}"));
+            }
         }
     }
     if cc.ca_bundle.is_none() && pins_v.is_empty() && spki.is_empty() {
@@ -1097,7 +1122,12 @@ fn secret_source(
                 None
             }
             Err(e) => {
-                d.error(span(s), key, format!("cannot read {}: {e}", p.display()));
+                let hint = dev_pki_hint(&[&p]);
+                d.error(
+                    span(s),
+                    key,
+                    format!("cannot read {}: {e}{hint}", p.display()),
+                );
                 None
             }
         };
