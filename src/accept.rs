@@ -26,6 +26,47 @@ pub struct SourceFilter {
     listener: String,
     admitted: Arc<ArcSwap<IpSet>>,
     metrics: Arc<Metrics>,
+    log_limit: RateLimit,
+}
+
+/// Refused connections logged at `warn` per [`REFUSAL_LOG_WINDOW_SECS`] per listener; the
+/// rest are counted (always) and summarised when the next window opens, so a scan cannot
+/// flood the log but an operator still sees who is being turned away.
+pub const REFUSALS_LOGGED_PER_WINDOW: u64 = 10;
+/// The window of [`REFUSALS_LOGGED_PER_WINDOW`].
+pub const REFUSAL_LOG_WINDOW_SECS: u64 = 60;
+
+/// A fixed-window counter: `admit` says whether this event may be logged, and how many were
+/// suppressed in the window that just closed.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_window: u64,
+    window: std::time::Duration,
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimit {
+    pub fn new(per_window: u64, window: std::time::Duration) -> Self {
+        RateLimit {
+            per_window,
+            window,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `(log this one, events suppressed in the previous window)`.
+    pub fn admit(&self, now: std::time::Instant) -> (bool, u64) {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, seen) = &mut *g;
+        let mut suppressed = 0;
+        if start.is_none_or(|s| now.duration_since(s) >= self.window) {
+            suppressed = seen.saturating_sub(self.per_window);
+            *start = Some(now);
+            *seen = 0;
+        }
+        *seen += 1;
+        (*seen <= self.per_window, suppressed)
+    }
 }
 
 impl std::fmt::Debug for SourceFilter {
@@ -42,6 +83,10 @@ impl SourceFilter {
             listener,
             admitted,
             metrics,
+            log_limit: RateLimit::new(
+                REFUSALS_LOGGED_PER_WINDOW,
+                std::time::Duration::from_secs(REFUSAL_LOG_WINDOW_SECS),
+            ),
         }
     }
 }
@@ -52,7 +97,18 @@ impl ConnectionFilter for SourceFilter {
         let ok = addr.is_some_and(|a| self.admitted.load().contains(a.ip()));
         if !ok {
             self.metrics.connection_refused(&self.listener, "source_ip");
-            tracing::debug!(listener = %self.listener, peer = ?addr, "connection refused: source address not admitted");
+            let (log, suppressed) = self.log_limit.admit(std::time::Instant::now());
+            if suppressed > 0 {
+                tracing::warn!(listener = %self.listener, suppressed, "{suppressed} more connections were refused by the source check in the last window and not logged (obmguard_connections_refused_total counts them all)");
+            }
+            let peer = addr
+                .map(|a| a.ip().to_canonical().to_string())
+                .unwrap_or_else(|| "unknown".into());
+            if log {
+                tracing::warn!(listener = %self.listener, peer = %peer, "connection refused: source address {peer} is in no route's ranges; if it is Salesforce (an org moved to Hyperforce), refresh @salesforce with `obmguard import-ranges --fetch`");
+            } else {
+                tracing::debug!(listener = %self.listener, peer = %peer, "connection refused: source address not admitted");
+            }
         }
         ok
     }
@@ -227,5 +283,16 @@ mod tests {
         assert!(caps.admit(a, 3, 1).is_ok());
         drop(s2);
         assert_eq!(caps.open(), 0);
+    }
+
+    #[test]
+    fn refusal_log_is_limited_per_window_and_reports_what_it_dropped() {
+        let t0 = std::time::Instant::now();
+        let rl = RateLimit::new(3, std::time::Duration::from_secs(60));
+        let logged: Vec<bool> = (0..5).map(|_| rl.admit(t0).0).collect();
+        assert_eq!(logged, [true, true, true, false, false]);
+        let later = t0 + std::time::Duration::from_secs(61);
+        assert_eq!(rl.admit(later), (true, 2));
+        assert_eq!(rl.admit(later), (true, 0));
     }
 }

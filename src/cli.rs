@@ -51,12 +51,17 @@ pub enum Command {
         #[arg(long)]
         route: String,
     },
-    /// Summarise an audit file: which orgs and actions still send session ids.
+    /// Summarise an audit file: which orgs and actions still send session ids (table, json,
+    /// or html: the migration page, also served live by the admin listener at /report).
     Report {
         #[arg(long)]
         audit: PathBuf,
+        /// table, json or html.
         #[arg(long, default_value = "table")]
         format: crate::report::Format,
+        /// Write the report to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run a self-contained demonstration on loopback: throw-away PKI, a sample legacy
     /// receiver, a token endpoint, the proxy, and notifications sent the way Salesforce does.
@@ -70,13 +75,31 @@ pub enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
     },
-    /// Validate a downloaded Salesforce ip-ranges.json and write it where @salesforce reads it.
+    /// Fetch (or read) Salesforce's ip-ranges.json, check it against the copy in force, show
+    /// what it adds and removes, and write it where @salesforce reads it.
     ImportRanges {
-        /// The downloaded https://ip-ranges.salesforce.com/ip-ranges.json.
+        /// A downloaded https://ip-ranges.salesforce.com/ip-ranges.json.
+        #[arg(long, conflicts_with = "fetch", required_unless_present = "fetch")]
+        from: Option<PathBuf>,
+        /// Download it (system roots, 30 s timeout, at most 1 MiB).
         #[arg(long)]
-        from: PathBuf,
-        /// Where to write it (e.g. policies/salesforce-ip-ranges.json).
+        fetch: bool,
+        /// Where --fetch downloads from.
+        #[arg(long, default_value = crate::config::ranges::SALESFORCE_RANGES_URL, requires = "fetch")]
+        url: url::Url,
+        /// Trust the CA certificates in this PEM file instead of the system's roots.
+        #[arg(long, requires = "fetch")]
+        ca_file: Option<PathBuf>,
+        /// Where to write it (e.g. /etc/obmguard/salesforce-ip-ranges.json); also the copy
+        /// compared with (the built-in copy when the file does not exist yet).
         #[arg(long)]
         to: PathBuf,
+        /// Write it even when it looks wrong (prefix wider than /8, fewer than half the
+        /// prefixes, older createDate).
+        #[arg(long)]
+        force: bool,
+        /// Show what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }

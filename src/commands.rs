@@ -41,19 +41,66 @@ pub fn run(cmd: Command) -> i32 {
         } => serve(&config, upgrade, upgrade_sock),
         Command::Check { config } => check(&config),
         Command::Token { config, route } => token(&config, &route),
-        Command::Report { audit, format } => {
-            let mut out = std::io::stdout().lock();
-            match crate::report::run(&audit, format, &mut out) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("obmguard report: {e}");
-                    2
-                }
-            }
-        }
-        Command::ImportRanges { from, to } => import_ranges(&from, &to),
+        Command::Report { audit, format, out } => report(&audit, format, out.as_deref()),
+        Command::ImportRanges {
+            from,
+            fetch,
+            url,
+            ca_file,
+            to,
+            force,
+            dry_run,
+        } => crate::ranges_update::import(&crate::ranges_update::ImportArgs {
+            from,
+            fetch,
+            url,
+            ca_file,
+            to,
+            force,
+            dry_run,
+        }),
         Command::Demo { keep_running } => crate::demo::run(keep_running),
         Command::SampleReceiver { listen } => crate::demo::sample_receiver(listen),
+    }
+}
+
+fn report(audit: &Path, format: crate::report::Format, out: Option<&Path>) -> i32 {
+    let result = match out {
+        None => crate::report::run(audit, format, &mut std::io::stdout().lock()),
+        Some(path) => {
+            // Written beside the target and renamed, so a browser never shows half a page.
+            let tmp = path.with_extension("tmp");
+            let written = std::fs::File::create(&tmp)
+                .map(std::io::BufWriter::new)
+                .map_err(|e| {
+                    crate::report::ReportError::Write(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot create {}: {e}", tmp.display()),
+                    ))
+                })
+                .and_then(|mut f| crate::report::run(audit, format, &mut f))
+                .and_then(|()| {
+                    std::fs::rename(&tmp, path).map_err(|e| {
+                        crate::report::ReportError::Write(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot write {}: {e}", path.display()),
+                        ))
+                    })
+                });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            } else {
+                println!("{}: written", path.display());
+            }
+            written
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("obmguard report: {e}");
+            2
+        }
     }
 }
 
@@ -202,6 +249,13 @@ fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
             config_file: path.to_path_buf(),
         },
     ));
+    server.add_service(background_service(
+        "salesforce ranges refresh",
+        crate::ranges_update::RangesRefresher {
+            rt: rt.clone(),
+            config_file: path.to_path_buf(),
+        },
+    ));
 
     let addrs: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
     tracing::info!(
@@ -259,58 +313,4 @@ fn token(path: &Path, route: &str) -> i32 {
             1
         }
     }
-}
-
-fn import_ranges(from: &Path, to: &Path) -> i32 {
-    let text = match std::fs::read_to_string(from) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!(
-                "obmguard import-ranges: cannot read {}: {e}",
-                from.display()
-            );
-            return 2;
-        }
-    };
-    let set = match config::ranges::parse_salesforce_ranges(&text) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!(
-                "obmguard import-ranges: {}: {e}; nothing written",
-                from.display()
-            );
-            return 1;
-        }
-    };
-    let mut doc: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("obmguard import-ranges: {e}");
-            return 1;
-        }
-    };
-    if let Some(obj) = doc.as_object_mut() {
-        obj.insert(
-            "_comment".into(),
-            serde_json::Value::String(format!(
-                "Imported by obmguard import-ranges from {} on {}; source: https://ip-ranges.salesforce.com/ip-ranges.json",
-                from.display(),
-                crate::audit::timestamp(std::time::SystemTime::now())
-            )),
-        );
-    }
-    let out = serde_json::to_string_pretty(&doc).unwrap_or(text);
-    if let Err(e) = std::fs::write(to, out + "\n") {
-        eprintln!("obmguard import-ranges: cannot write {}: {e}", to.display());
-        return 2;
-    }
-    let (v4, v6) = set.nets().iter().fold((0, 0), |(a, b), n| {
-        if matches!(n, ipnet::IpNet::V4(_)) {
-            (a + 1, b)
-        } else {
-            (a, b + 1)
-        }
-    });
-    println!("{}: {v4} IPv4 and {v6} IPv6 prefixes written", to.display());
-    0
 }

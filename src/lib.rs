@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ranges_update;
 pub mod record;
 pub mod reject;
 pub mod reload;

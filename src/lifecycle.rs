@@ -57,6 +57,7 @@ impl DrainOnSignal {
     async fn drain(&self) {
         let deadline = self.rt.current().config.timeouts.drain;
         self.rt.start_draining();
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         let start = Instant::now();
         tracing::info!(
             in_flight = self.rt.inflight(),
@@ -110,6 +111,17 @@ fn listening_ports() -> Vec<u16> {
     ports
 }
 
+/// Tell systemd (`Type=notify`) about readiness or stopping; only when it asked, by setting
+/// `NOTIFY_SOCKET`. A failure is logged, never fatal.
+pub fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET is set)");
+    }
+}
+
 #[async_trait]
 impl BackgroundService for ReadyProbe {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -118,6 +130,7 @@ impl BackgroundService for ReadyProbe {
             if self.ports.iter().all(|p| up.contains(p)) {
                 self.rt.set_ready();
                 tracing::info!("ready: listeners bound, policies loaded");
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
                 return;
             }
             tokio::select! {

@@ -75,6 +75,15 @@ pub const POLICY_GENERATION: &str = "obmguard_policy_generation";
 pub const ROUTES_LOADED: &str = "obmguard_routes_loaded";
 /// Counter: audit records that could not be written.
 pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "obmguard_audit_write_failures_total";
+// --- Salesforce's ranges (@salesforce) ---
+/// Gauge `{source}`: Unix time of the date the `@salesforce` ranges in force are current as
+/// of (oldest `source_date`, else `createDate`); `source` is `builtin`, `file` or `refreshed`.
+/// No series when no list uses `@salesforce`.
+pub const SALESFORCE_RANGES_DATE_SECONDS: &str = "obmguard_salesforce_ranges_date_seconds";
+/// Counter `{outcome}`: periodic refreshes of Salesforce's ranges, `ok`, `unchanged` or
+/// `error` (the last good set stays in force on error).
+pub const SALESFORCE_RANGES_REFRESHES_TOTAL: &str = "obmguard_salesforce_ranges_refreshes_total";
+
 /// Gauge `{version}`: always 1; carries the build's version.
 pub const BUILD_INFO: &str = "obmguard_build_info";
 
@@ -168,6 +177,8 @@ pub struct Metrics {
     // (kind, name) -> notAfter as a Unix time; turned into seconds-remaining at render time.
     cert_not_after: Mutex<BTreeMap<(String, String), i64>>,
     policy_reloads: IntCounterVec,
+    ranges_date: IntGaugeVec,
+    ranges_refreshes: IntCounterVec,
     policy_generation: IntGauge,
     routes_loaded: IntGauge,
     audit_write_failures: IntCounter,
@@ -216,6 +227,16 @@ impl Metrics {
         gauge(BUILD_INFO, "Build information; always 1.", &["version"])?
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+
+        let policy_reloads = counter(
+            POLICY_RELOADS_TOTAL,
+            "Policy reloads, by outcome.",
+            &["outcome"],
+        )?;
+        // At zero from the start, so an alert on increase() sees the first refused reload.
+        for o in ["ok", "error"] {
+            policy_reloads.with_label_values(&[o]);
+        }
 
         Ok(Metrics {
             requests: counter(
@@ -282,9 +303,15 @@ impl Metrics {
                 &["kind", "name"],
             )?,
             cert_not_after: Mutex::new(BTreeMap::new()),
-            policy_reloads: counter(
-                POLICY_RELOADS_TOTAL,
-                "Policy reloads, by outcome.",
+            policy_reloads,
+            ranges_date: gauge(
+                SALESFORCE_RANGES_DATE_SECONDS,
+                "Date (Unix time) the @salesforce ranges in force are current as of.",
+                &["source"],
+            )?,
+            ranges_refreshes: counter(
+                SALESFORCE_RANGES_REFRESHES_TOTAL,
+                "Periodic refreshes of Salesforce's ranges, by outcome.",
                 &["outcome"],
             )?,
             policy_generation,
@@ -409,6 +436,27 @@ impl Metrics {
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.routes_loaded
             .set(i64::try_from(routes).unwrap_or(i64::MAX));
+    }
+
+    /// The `@salesforce` ranges in force came from `source` and date from `date_unix`; `None`
+    /// when no list uses them (the series disappears).
+    pub fn salesforce_ranges(&self, in_force: Option<(&str, i64)>) {
+        self.ranges_date.reset();
+        if let Some((source, date)) = in_force {
+            self.ranges_date.with_label_values(&[source]).set(date);
+        }
+    }
+
+    /// Create the refresh counter's series at zero (when the refresh is on).
+    pub fn init_ranges_refresh(&self) {
+        for o in ["ok", "unchanged", "error"] {
+            self.ranges_refreshes.with_label_values(&[o]);
+        }
+    }
+
+    /// A periodic refresh of the ranges ended with `outcome` (`ok`, `unchanged` or `error`).
+    pub fn ranges_refresh(&self, outcome: &str) {
+        self.ranges_refreshes.with_label_values(&[outcome]).inc();
     }
 
     /// An audit record could not be written.

@@ -77,7 +77,8 @@ fn relevant(path: &Path, files: &HashSet<PathBuf>, policies: &Path) -> bool {
 impl Reloader {
     /// Load, validate and swap. Returns whether the new set is in force.
     pub fn reload(&self, why: &str) -> bool {
-        match config::load(&self.config_file) {
+        let refreshed = self.rt.refreshed_ranges.load_full();
+        match config::load_with_ranges(&self.config_file, refreshed.as_deref()) {
             Ok(c) => {
                 let warnings = c.warnings.clone();
                 match self.rt.apply(c) {

@@ -86,6 +86,9 @@ pub struct Runtime {
     pub tokens: TokenBroker,
     pub receivers: Receivers,
     pub audit: AuditLog,
+    /// The last good `@salesforce` set fetched by the periodic refresh, used by every reload
+    /// while `[source.salesforce_refresh]` is on.
+    pub refreshed_ranges: arc_swap::ArcSwapOption<crate::config::ranges::SalesforceRanges>,
     ready: AtomicBool,
     draining: AtomicBool,
     inflight_total: Arc<AtomicUsize>,
@@ -111,6 +114,7 @@ impl Runtime {
             tokens,
             receivers,
             audit,
+            refreshed_ranges: arc_swap::ArcSwapOption::empty(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             inflight_total: Arc::new(AtomicUsize::new(0)),
@@ -154,6 +158,14 @@ impl Runtime {
             self.metrics.init_route(&r.name);
         }
         self.record_cert_expiry(&g.config);
+        let src = &g.config.source;
+        let date = src
+            .salesforce
+            .as_ref()
+            .and_then(|r| r.as_of)
+            .map(|d| d.midnight().assume_utc().unix_timestamp());
+        self.metrics
+            .salesforce_ranges(date.map(|d| (src.salesforce_origin, d)));
         self.metrics.policy_loaded(g.number, g.config.routes.len());
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::diag::{FileDiag, Problems};
 use super::file::{self, S};
-use super::ranges::{self, IpSet};
+use super::ranges::{self, IpSet, SalesforceRanges};
 use super::*;
 use crate::identity::IdentityRule;
 use crate::secret::Secret;
@@ -17,7 +17,7 @@ use crate::sfid::SfId;
 
 const DEFAULT_MAX_BODY: i64 = 1024 * 1024;
 
-pub(super) fn load(path: &Path) -> Result<Config, Problems> {
+pub(super) fn load(path: &Path, refreshed: Option<&SalesforceRanges>) -> Result<Config, Problems> {
     let mut problems = Problems::default();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -42,7 +42,25 @@ pub(super) fn load(path: &Path) -> Result<Config, Problems> {
 
     let server = build_server(&mut d, &base, &parsed.server);
     let trust = build_trust(&mut d, &base, parsed.client_cert.as_ref());
-    let salesforce = load_salesforce_ranges(&mut d, &base, &parsed.source);
+    let refresh = build_refresh(&mut d, &base, parsed.source.salesforce_refresh.as_ref());
+    let origin = match (
+        refresh.is_some(),
+        refreshed,
+        &parsed.source.salesforce_ranges,
+    ) {
+        (true, Some(_), _) => "refreshed",
+        (_, _, Some(_)) => "file",
+        _ => "builtin",
+    };
+    let salesforce = match (refresh.is_some(), refreshed) {
+        // A set fetched by the periodic refresh replaces the file only while refresh is on.
+        (true, Some(r)) => Some(r.clone()),
+        _ => load_salesforce_ranges(&mut d, &base, &parsed.source),
+    };
+    let salesforce = salesforce.map(|r| NamedSet {
+        ranges: r,
+        used: std::cell::Cell::new(false),
+    });
     let global_allow = ip_list(
         &mut d,
         "source.allow",
@@ -78,6 +96,19 @@ pub(super) fn load(path: &Path) -> Result<Config, Problems> {
     }
 
     let routes_map = index_routes(&mut problems, routes);
+    let salesforce = salesforce.filter(|s| s.used.get()).map(|s| s.ranges);
+    if let Some(stale) = salesforce
+        .as_ref()
+        .and_then(|s| s.staleness(ranges::today_utc()))
+    {
+        let key = if parsed.source.salesforce_ranges.is_some() {
+            "source.salesforce_ranges"
+        } else {
+            "source"
+        };
+        let at = parsed.source.salesforce_ranges.as_ref().map(span);
+        FileDiag::new(path, &text, &mut problems).warn(at, key, stale);
+    }
     let Some(server) = server else {
         return Err(problems);
     };
@@ -101,6 +132,9 @@ pub(super) fn load(path: &Path) -> Result<Config, Problems> {
         source: Source {
             admitted,
             trusted_proxies,
+            salesforce,
+            salesforce_origin: origin,
+            refresh,
         },
         timeouts,
         limits,
@@ -117,6 +151,27 @@ fn toml_message(e: &toml::de::Error) -> String {
     } else {
         m
     }
+}
+
+/// What to do when a file the example configuration names does not exist yet: the dev PKI
+/// script makes the certificates under `certs/` and the dummy secret under `secrets/`.
+/// Empty unless one of `paths` is missing and `certs/make-dev-pki.sh` sits where it would.
+fn dev_pki_hint(paths: &[&Path]) -> String {
+    for p in paths.iter().filter(|p| !p.exists()) {
+        let dir = p.parent().unwrap_or(Path::new(""));
+        let root = dir.parent().unwrap_or(Path::new(""));
+        let named = dir
+            .file_name()
+            .is_some_and(|n| n == "certs" || n == "secrets");
+        let script = root.join("certs").join("make-dev-pki.sh");
+        if named && script.is_file() {
+            return format!(
+                "; to try obmguard, run {} first: it makes the development certificates and a dummy secret (for production, see certs/README.md)",
+                script.display()
+            );
+        }
+    }
+    String::new()
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -231,10 +286,11 @@ fn build_server(d: &mut FileDiag, base: &Path, s: &file::ServerSection) -> Optio
     let (certified_key, cert_not_after, cert_subject) = match key {
         Ok(k) => k,
         Err(e) => {
+            let hint = dev_pki_hint(&[&tls_cert, &tls_key]);
             d.error(
                 span(&s.tls_cert),
                 "server.tls_cert / server.tls_key",
-                e.to_string(),
+                format!("{e}{hint}"),
             );
             return None;
         }
@@ -343,7 +399,10 @@ fn build_trust(
                 ca_expiry = expiry;
                 ca_file = Some(p);
             }
-            Err(e) => d.error(span(b), "client_cert.ca_bundle", e),
+            Err(e) => {
+                let hint = dev_pki_hint(&[&p]);
+                d.error(span(b), "client_cert.ca_bundle", format!("{e}{hint}"));
+            }
         }
     }
     if cc.ca_bundle.is_none() && pins_v.is_empty() && spki.is_empty() {
@@ -369,14 +428,20 @@ fn build_trust(
     })
 }
 
+/// `@salesforce` while a configuration is built, and whether any list named it.
+struct NamedSet {
+    ranges: SalesforceRanges,
+    used: std::cell::Cell<bool>,
+}
+
 fn load_salesforce_ranges(
     d: &mut FileDiag,
     base: &Path,
     s: &file::GlobalSourceSection,
-) -> Option<IpSet> {
+) -> Option<SalesforceRanges> {
     match &s.salesforce_ranges {
         None => {
-            match ranges::parse_salesforce_ranges(ranges::BUILTIN_SALESFORCE_RANGES) {
+            match ranges::parse_salesforce_doc(ranges::BUILTIN_SALESFORCE_RANGES) {
                 Ok(set) => Some(set),
                 Err(e) => {
                     d.error(None, "source", format!("the built-in Salesforce ranges are invalid ({e}): set salesforce_ranges"));
@@ -389,8 +454,7 @@ fn load_salesforce_ranges(
             let parsed = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))
                 .and_then(|t| {
-                    ranges::parse_salesforce_ranges(&t)
-                        .map_err(|e| format!("{}: {e}", path.display()))
+                    ranges::parse_salesforce_doc(&t).map_err(|e| format!("{}: {e}", path.display()))
                 });
             match parsed {
                 Ok(set) => Some(set),
@@ -399,7 +463,8 @@ fn load_salesforce_ranges(
                         span(p),
                         "source.salesforce_ranges",
                         format!(
-                            "{e}; download https://ip-ranges.salesforce.com/ip-ranges.json again"
+                            "{e}; fetch it again with `obmguard import-ranges --fetch --to {}`",
+                            path.display()
                         ),
                     );
                     None
@@ -409,13 +474,76 @@ fn load_salesforce_ranges(
     }
 }
 
-fn ip_list(d: &mut FileDiag, key: &str, list: &[S<String>], salesforce: Option<&IpSet>) -> IpSet {
+fn build_refresh(
+    d: &mut FileDiag,
+    base: &Path,
+    r: Option<&S<file::RefreshSection>>,
+) -> Option<RangesRefresh> {
+    let r = r?;
+    let t = r.get_ref();
+    let minutes = positive(
+        d,
+        "source.salesforce_refresh.interval_minutes",
+        &t.interval_minutes,
+        1440,
+        1,
+        10080,
+    );
+    let url = match &t.url {
+        None => url::Url::parse(ranges::SALESFORCE_RANGES_URL).ok()?,
+        Some(u) => match url::Url::parse(u.get_ref()) {
+            Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => parsed,
+            _ => {
+                d.error(
+                    span(u),
+                    "source.salesforce_refresh.url",
+                    format!(
+                        "not an https:// URL: leave the key out for {}",
+                        ranges::SALESFORCE_RANGES_URL
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    let ca_file = match &t.ca_file {
+        None => None,
+        Some(c) => {
+            let path = resolve(base, c.get_ref());
+            if let Err(e) = std::fs::metadata(&path) {
+                d.error(
+                    span(c),
+                    "source.salesforce_refresh.ca_file",
+                    format!(
+                        "cannot read {}: {e}; leave the key out to trust the system's roots",
+                        path.display()
+                    ),
+                );
+                return None;
+            }
+            Some(path)
+        }
+    };
+    Some(RangesRefresh {
+        interval: Duration::from_secs(minutes as u64 * 60),
+        url,
+        ca_file,
+    })
+}
+
+fn ip_list(
+    d: &mut FileDiag,
+    key: &str,
+    list: &[S<String>],
+    salesforce: Option<&NamedSet>,
+) -> IpSet {
     let mut nets = Vec::new();
     for (i, item) in list.iter().enumerate() {
         let v = item.get_ref().trim();
         if v == "@salesforce" {
             if let Some(sf) = salesforce {
-                nets.extend_from_slice(sf.nets());
+                sf.used.set(true);
+                nets.extend_from_slice(sf.ranges.set.nets());
             }
         } else if v.starts_with('@') {
             d.error(
@@ -565,7 +693,7 @@ fn build_limits(d: &mut FileDiag, l: &file::LimitsSection) -> Limits {
 }
 
 struct RouteCtx<'a> {
-    salesforce: Option<&'a IpSet>,
+    salesforce: Option<&'a NamedSet>,
     global_allow: &'a IpSet,
     default_inflight: usize,
 }
@@ -1011,7 +1139,12 @@ fn secret_source(
                 None
             }
             Err(e) => {
-                d.error(span(s), key, format!("cannot read {}: {e}", p.display()));
+                let hint = dev_pki_hint(&[&p]);
+                d.error(
+                    span(s),
+                    key,
+                    format!("cannot read {}: {e}{hint}", p.display()),
+                );
                 None
             }
         };

@@ -55,6 +55,17 @@ pub struct GlobalSourceSection {
     /// A copy of Salesforce's `ip-ranges.json` to use for `@salesforce` instead of the
     /// built-in one.
     pub salesforce_ranges: Option<S<String>>,
+    /// Fetch Salesforce's ranges periodically while serving (opt-in).
+    pub salesforce_refresh: Option<S<RefreshSection>>,
+}
+
+/// `[source.salesforce_refresh]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSection {
+    pub interval_minutes: Option<S<i64>>,
+    pub url: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -76,6 +76,21 @@ pub struct Source {
     pub admitted: IpSet,
     /// Peers whose X-Forwarded-For is believed.
     pub trusted_proxies: IpSet,
+    /// What `@salesforce` meant, when some list used it.
+    pub salesforce: Option<ranges::SalesforceRanges>,
+    /// Where `@salesforce` came from: `builtin`, `file` or `refreshed`.
+    pub salesforce_origin: &'static str,
+    /// `[source.salesforce_refresh]`, when on.
+    pub refresh: Option<RangesRefresh>,
+}
+
+/// The opt-in periodic refresh of Salesforce's ranges while serving.
+#[derive(Debug, Clone)]
+pub struct RangesRefresh {
+    pub interval: Duration,
+    pub url: url::Url,
+    /// CA certificates to trust instead of the system's roots (tests, TLS-inspecting proxies).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,5 +248,14 @@ impl Config {
 
 /// Load and validate `obmguard.toml` and every policy it names.
 pub fn load(path: &Path) -> Result<Config, Problems> {
-    build::load(path)
+    build::load(path, None)
+}
+
+/// As [`load`], with `@salesforce` taken from a set the periodic refresh fetched (used only
+/// while `[source.salesforce_refresh]` is on).
+pub fn load_with_ranges(
+    path: &Path,
+    refreshed: Option<&ranges::SalesforceRanges>,
+) -> Result<Config, Problems> {
+    build::load(path, refreshed)
 }

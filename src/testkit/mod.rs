@@ -6,12 +6,14 @@
 //! - [`messages`]: Salesforce-shaped notification bodies with valid ids;
 //! - [`client`]: a TLS client speaking raw HTTP/1.1, optionally with a client certificate and a
 //!   chosen source address;
-//! - [`receiver`]: a recording SOAP receiver whose answer can be switched at run time.
+//! - [`receiver`]: a recording SOAP receiver whose answer can be switched at run time;
+//! - [`file_server`]: an HTTPS server answering one settable document (Salesforce's ranges).
 //!
 //! Nothing here is used on the proxy's request path, and none of it is hardened for production
 //! use: keys are test keys and the string scans in [`messages::find_element`] are not parsers.
 
 pub mod client;
+pub mod file_server;
 pub mod messages;
 pub mod pki;
 pub mod receiver;

@@ -190,8 +190,9 @@ fn import_ranges_validates_salesforce_json_and_check_uses_it() {
     );
     let out_file = w.path("salesforce-ranges.json");
     let run = |from: &std::path::Path| {
+        // --force: three prefixes are fewer than half of the built-in copy's.
         Command::new(env!("CARGO_BIN_EXE_obmguard"))
-            .args(["import-ranges", "--from"])
+            .args(["import-ranges", "--force", "--from"])
             .arg(from)
             .arg("--to")
             .arg(&out_file)
@@ -239,4 +240,44 @@ fn import_ranges_validates_salesforce_json_and_check_uses_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("admits every address"));
     assert!(!out_file.exists());
+}
+
+#[test]
+fn check_on_the_example_before_the_dev_pki_says_to_run_the_script() {
+    // A fresh clone: the example configuration and policies, the script, no certificates.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::copy(repo.join("obmguard.toml"), dir.path().join("obmguard.toml")).unwrap();
+    std::fs::copy(
+        repo.join("certs/make-dev-pki.sh"),
+        dir.path().join("certs/make-dev-pki.sh"),
+    )
+    .unwrap();
+    for f in std::fs::read_dir(repo.join("policies")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join("policies").join(f.file_name().unwrap())).unwrap();
+    }
+    let (code, out) = check(&dir.path().join("obmguard.toml"));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("server.tls_cert / server.tls_key: cannot read")
+            && out.contains("certs/server.pem")
+            && out.contains("certs/make-dev-pki.sh first"),
+        "{out}"
+    );
+    assert!(out.contains("client_cert.ca_bundle"), "{out}");
+    // A missing file elsewhere gets no such hint.
+    let w = World::new();
+    let cfg = write_config(
+        &w,
+        "ca_bundle = \"/nonexistent/ca.pem\"",
+        "allow = [\"@salesforce\"]",
+    );
+    let (_, out) = check(&cfg);
+    assert!(
+        out.contains("/nonexistent/ca.pem") && !out.contains("make-dev-pki"),
+        "{out}"
+    );
 }

@@ -455,6 +455,44 @@ fn prometheus_scrapes_the_proxy_admin_listener() {
 }
 
 #[test]
+fn grafana_starts_with_the_prometheus_data_source_and_the_dashboard_provisioned() {
+    let c = compose();
+    let grafana = service(&c, "grafana");
+    let mounts = mounts(&c, grafana);
+    assert!(
+        mounts.iter().all(|m| m.read_only),
+        "provisioning is mounted read-only"
+    );
+    let ds = host_path(
+        &mounts,
+        Path::new("/etc/grafana/provisioning/datasources/prometheus.yml"),
+    )
+    .expect("no data source provisioned");
+    let ds = YamlLoader::load_from_str(&read(&ds)).unwrap().remove(0);
+    let prom = &ds["datasources"][0];
+    assert_eq!(prom["type"].as_str(), Some("prometheus"));
+    assert_eq!(prom["url"].as_str(), Some("http://prometheus:9090"));
+    assert_eq!(prom["isDefault"].as_bool(), Some(true));
+    let providers = host_path(
+        &mounts,
+        Path::new("/etc/grafana/provisioning/dashboards/obmguard.yml"),
+    )
+    .expect("no dashboard provider");
+    let providers = YamlLoader::load_from_str(&read(&providers))
+        .unwrap()
+        .remove(0);
+    let dir = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    let dashboard = host_path(&mounts, &Path::new(dir).join("obmguard.json"))
+        .expect("the dashboard is not mounted where the provider reads");
+    assert_eq!(dashboard, Path::new("deploy/grafana/obmguard.json"));
+    let json: serde_json::Value = serde_json::from_str(&read(&dashboard)).unwrap();
+    assert_eq!(json["uid"], "obmguard");
+    assert!(words(&grafana["depends_on"]).contains(&"prometheus".to_string()));
+}
+
+#[test]
 fn shipped_configurations_pass_check_with_the_dev_pki() {
     let has_openssl = Command::new("openssl").arg("version").output().is_ok();
     assert!(

@@ -1,5 +1,6 @@
-//! `obmguard report --audit FILE [--format table|json]`: what each outbound message still
-//! sends, so an admin knows which route can change its SessionId mode.
+//! `obmguard report --audit FILE [--format table|json|html] [--out FILE]`: what each outbound
+//! message still sends, so an admin knows which route can change its SessionId mode. The same
+//! HTML page is served live by the admin listener at `/report` ([`html`]).
 //!
 //! The audit file is streamed line by line: memory grows with the number of distinct
 //! (organization, action) pairs, not with the file. Lines longer than [`MAX_LINE_BYTES`] and
@@ -8,7 +9,10 @@
 //!
 //! Deliberately not done: no time-window filter (pipe a slice of the file through a file or
 //! `/dev/stdin`), no follow mode, and no trust in the file beyond its shape: values from it are
-//! printed with control characters replaced.
+//! cut to [`MAX_VALUE_CHARS`] when read, printed with control characters replaced in the table
+//! and escaped in the page (ids and types come from senders).
+
+pub mod html;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -24,6 +28,11 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 const MAX_SET: usize = 16;
 /// Table cells longer than this are cut.
 const MAX_CELL_CHARS: usize = 64;
+/// Values read from the file are cut to this many characters (ids are 18), so a hostile file
+/// cannot make each row hold megabytes.
+pub const MAX_VALUE_CHARS: usize = 256;
+/// Days of history kept per row (the oldest are dropped first).
+pub const MAX_DAYS: usize = 400;
 
 /// Output format of the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +41,8 @@ pub enum Format {
     Table,
     /// One JSON document: `{"pairs": [...], "summary": {...}}`.
     Json,
+    /// A self-contained page (no external resource; charts as inline SVG).
+    Html,
 }
 
 impl FromStr for Format {
@@ -40,7 +51,8 @@ impl FromStr for Format {
         match s {
             "table" => Ok(Format::Table),
             "json" => Ok(Format::Json),
-            other => Err(format!("unknown format {other:?}: use table or json")),
+            "html" => Ok(Format::Html),
+            other => Err(format!("unknown format {other:?}: use table, json or html")),
         }
     }
 }
@@ -77,8 +89,40 @@ struct Line {
     organization_id: Option<String>,
     action_id: Option<String>,
     session_id: String,
+    #[serde(default)]
+    session_action: Option<String>,
     mode: Option<String>,
     decision: String,
+}
+
+/// One day of one row (or of the whole file).
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Day {
+    pub messages: u64,
+    /// Messages that still carried a session id.
+    pub with_session_id: u64,
+    /// Messages whose session id obmguard refused, stripped or removed.
+    pub refused_or_stripped: u64,
+}
+
+/// `YYYY-MM-DD` of an audit timestamp, when it looks like one.
+fn day_of(time: &str) -> Option<&str> {
+    let d = time.get(..10)?;
+    let b = d.as_bytes();
+    let ok = b.iter().enumerate().all(|(i, c)| match i {
+        4 | 7 => *c == b'-',
+        _ => c.is_ascii_digit(),
+    });
+    ok.then_some(d)
+}
+
+/// `s` cut to [`MAX_VALUE_CHARS`] characters (with a trailing `…` when cut).
+fn clip(mut s: String) -> String {
+    if let Some((i, _)) = s.char_indices().nth(MAX_VALUE_CHARS) {
+        s.truncate(i);
+        s.push('…');
+    }
+    s
 }
 
 /// Everything known about one (organization, action) pair.
@@ -94,12 +138,45 @@ struct Pair {
     routes: BTreeSet<String>,
     modes: BTreeSet<String>,
     decisions: BTreeMap<String, u64>,
+    daily: BTreeMap<String, Day>,
 }
 
 impl Pair {
     fn add(&mut self, line: Line) {
+        let line = Line {
+            time: clip(line.time),
+            route: clip(line.route),
+            mode: line.mode.map(clip),
+            decision: clip(line.decision),
+            ..line
+        };
         let sends = line.session_id == "value";
         self.messages += 1;
+        if let Some(d) = day_of(&line.time) {
+            if !self.daily.contains_key(d) && self.daily.len() >= MAX_DAYS {
+                if self
+                    .daily
+                    .keys()
+                    .next()
+                    .is_some_and(|first| first.as_str() > d)
+                {
+                    return self.add_totals(line, sends);
+                }
+                self.daily.pop_first();
+            }
+            let day = self.daily.entry(d.to_owned()).or_default();
+            day.messages += 1;
+            day.with_session_id += u64::from(sends);
+            let acted = matches!(
+                line.session_action.as_deref(),
+                Some("stripped" | "removed" | "rejected")
+            );
+            day.refused_or_stripped += u64::from(acted);
+        }
+        self.add_totals(line, sends);
+    }
+
+    fn add_totals(&mut self, line: Line, sends: bool) {
         if sends {
             self.with_session_id += 1;
             if self
@@ -161,29 +238,33 @@ fn insert_bounded(set: &mut BTreeSet<String>, value: String) {
     }
 }
 
-/// One row of the JSON report.
+/// One row of the report: an (organization, action) pair.
 #[derive(Serialize)]
-struct Row<'a> {
-    organization_id: &'a str,
-    action_id: &'a str,
-    messages: u64,
-    with_session_id: u64,
-    first_seen: &'a str,
-    last_seen: &'a str,
-    last_session_id_seen: Option<&'a str>,
-    routes: &'a BTreeSet<String>,
-    modes: &'a BTreeSet<String>,
-    decisions: &'a BTreeMap<String, u64>,
-    verdict: String,
+pub struct Row<'a> {
+    pub organization_id: &'a str,
+    pub action_id: &'a str,
+    pub messages: u64,
+    pub with_session_id: u64,
+    pub first_seen: &'a str,
+    pub last_seen: &'a str,
+    pub last_session_id_seen: Option<&'a str>,
+    pub routes: &'a BTreeSet<String>,
+    pub modes: &'a BTreeSet<String>,
+    pub decisions: &'a BTreeMap<String, u64>,
+    pub verdict: String,
+    /// Whether the latest message still carried a session id.
+    pub still_sends: bool,
+    #[serde(skip)]
+    pub daily: &'a BTreeMap<String, Day>,
 }
 
 /// Counts over the whole file.
 #[derive(Serialize, Default, Debug, PartialEq)]
-struct Summary {
-    lines_read: u64,
-    malformed: u64,
+pub struct Summary {
+    pub lines_read: u64,
+    pub malformed: u64,
     /// Of the malformed lines, those longer than [`MAX_LINE_BYTES`].
-    too_long: u64,
+    pub too_long: u64,
 }
 
 #[derive(Serialize)]
@@ -192,20 +273,81 @@ struct JsonReport<'a> {
     summary: &'a Summary,
 }
 
+/// Everything read from one audit file; [`Audit::rows`] gives the report's rows.
+pub struct Audit {
+    pairs: Pairs,
+    pub summary: Summary,
+}
+
+impl Audit {
+    /// Read and aggregate the audit file at `path` (streamed; see the module doc).
+    pub fn read(path: &Path) -> Result<Audit, ReportError> {
+        let file = File::open(path).map_err(|source| ReportError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (pairs, summary) =
+            aggregate(BufReader::with_capacity(64 * 1024, file)).map_err(|source| {
+                ReportError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        Ok(Audit { pairs, summary })
+    }
+
+    /// One row per (organization, action), sorted by organization then action.
+    pub fn rows(&self) -> Vec<Row<'_>> {
+        rows(&self.pairs)
+    }
+
+    /// Every row's days added up.
+    pub fn daily(&self) -> BTreeMap<String, Day> {
+        let mut all: BTreeMap<String, Day> = BTreeMap::new();
+        for p in self.pairs.values() {
+            for (d, v) in &p.daily {
+                let t = all.entry(d.clone()).or_default();
+                t.messages += v.messages;
+                t.with_session_id += v.with_session_id;
+                t.refused_or_stripped += v.refused_or_stripped;
+            }
+        }
+        all
+    }
+}
+
 /// Read the audit file at `path` and write the report to `out`.
 pub fn run(path: &Path, format: Format, out: &mut impl Write) -> Result<(), ReportError> {
-    let file = File::open(path).map_err(|source| ReportError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let (pairs, summary) =
-        aggregate(BufReader::with_capacity(64 * 1024, file)).map_err(|source| {
-            ReportError::Read {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
-    let rows: Vec<Row> = pairs
+    let audit = Audit::read(path)?;
+    if format == Format::Html {
+        let page = html::render(
+            &audit,
+            &path.display().to_string(),
+            std::time::SystemTime::now(),
+        );
+        out.write_all(page.as_bytes())?;
+        out.flush()?;
+        return Ok(());
+    }
+    let summary = &audit.summary;
+    let rows = audit.rows();
+    match format {
+        Format::Json => {
+            let report = JsonReport {
+                pairs: rows,
+                summary,
+            };
+            serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+        Format::Table | Format::Html => write_table(&rows, summary, out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn rows(pairs: &Pairs) -> Vec<Row<'_>> {
+    pairs
         .iter()
         .map(|((org, action), p)| Row {
             organization_id: org,
@@ -219,21 +361,10 @@ pub fn run(path: &Path, format: Format, out: &mut impl Write) -> Result<(), Repo
             modes: &p.modes,
             decisions: &p.decisions,
             verdict: p.verdict(action),
+            still_sends: p.latest_sends,
+            daily: &p.daily,
         })
-        .collect();
-    match format {
-        Format::Json => {
-            let report = JsonReport {
-                pairs: rows,
-                summary: &summary,
-            };
-            serde_json::to_writer_pretty(&mut *out, &report).map_err(std::io::Error::from)?;
-            writeln!(out)?;
-        }
-        Format::Table => write_table(&rows, &summary, out)?,
-    }
-    out.flush()?;
-    Ok(())
+        .collect()
 }
 
 type Pairs = BTreeMap<(String, String), Pair>;
@@ -259,8 +390,8 @@ fn aggregate(mut reader: impl BufRead) -> std::io::Result<(Pairs, Summary)> {
         match serde_json::from_slice::<Line>(&buf) {
             Ok(line) => {
                 let key = (
-                    line.organization_id.clone().unwrap_or_else(|| "-".into()),
-                    line.action_id.clone().unwrap_or_else(|| "-".into()),
+                    clip(line.organization_id.clone().unwrap_or_else(|| "-".into())),
+                    clip(line.action_id.clone().unwrap_or_else(|| "-".into())),
                 );
                 pairs.entry(key).or_default().add(line);
             }
@@ -697,9 +828,10 @@ mod tests {
     fn format_parses_table_and_json_only() {
         assert_eq!("table".parse::<Format>(), Ok(Format::Table));
         assert_eq!("json".parse::<Format>(), Ok(Format::Json));
+        assert_eq!("html".parse::<Format>(), Ok(Format::Html));
         assert!("csv"
             .parse::<Format>()
             .unwrap_err()
-            .contains("table or json"));
+            .contains("table, json or html"));
     }
 }
