@@ -29,7 +29,13 @@ mod rewrite;
 pub(crate) mod scan;
 
 #[cfg(test)]
+mod corpus_replay;
+#[cfg(test)]
+mod differential;
+#[cfg(test)]
 pub(crate) mod fixtures;
+#[cfg(any(test, fuzzing))]
+pub mod lenient;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
