@@ -35,7 +35,7 @@ use quick_xml::reader::NsReader;
 use crate::config::{MessagePolicy, SessionMode};
 use crate::policy::{self, SessionPlan};
 use crate::sfid::SfId;
-use crate::soap::{parse, rewrite, Limits, SessionRewrite};
+use crate::soap::{parse, rewrite, CallbackUrls, Limits, SessionRewrite};
 
 const SOAP: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 const OUT: &str = "http://soap.sforce.com/2005/09/outbound";
@@ -523,7 +523,7 @@ pub fn forwarded(body: &[u8], mode: Mode) -> Result<Vec<u8>, String> {
         SessionPlan::Remove => SessionRewrite::Remove,
         SessionPlan::Inject => SessionRewrite::Inject {
             token: TOKEN,
-            instance_url: Some(INSTANCE),
+            urls: CallbackUrls::Rewrite(INSTANCE),
         },
     };
     rewrite(body, &msg, &how)
