@@ -143,9 +143,7 @@ fn check_rewrite(data: &[u8], msg: &Message, before: &Fields<'_>, how: &SessionR
     let out = match rewrite(data, msg, how) {
         Ok(out) => out,
         // Inject refuses a message whose callback URL it cannot rewrite: nothing is forwarded.
-        Err(RewriteError::CallbackUrl(_)) if matches!(how, SessionRewrite::Inject { .. }) => {
-            return
-        }
+        Err(RewriteError::CallbackUrl(_)) if matches!(how, SessionRewrite::Inject { .. }) => return,
         Err(e) => panic!("rewrite {how:?} refused a parsed body: {e}"),
     };
     let out: &[u8] = &out;
