@@ -15,7 +15,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_http::RequestHeader;
 
 use crate::config::Limits;
-use crate::reject::Rejection;
+use crate::reject::Refusal;
 
 /// The request path without its query string: routes match it exactly.
 pub fn path(req: &RequestHeader) -> &str {
@@ -32,39 +32,40 @@ fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
 }
 
 /// pingora drops Content-Length when Transfer-Encoding is also present, so look at the head as
-/// it arrived: that combination is a request-smuggling shape and is never forwarded.
-pub fn check_raw_framing(session: &ServerSession) -> Result<(), Rejection> {
-    if let ServerSession::H1(h1) = session {
-        let raw = h1.get_headers_raw_bytes();
-        if raw_has_header(&raw, b"content-length") && raw_has_header(&raw, b"transfer-encoding") {
-            return Err(Rejection::AmbiguousLength);
+/// it arrived: that combination is a request-smuggling shape and is never forwarded (the
+/// pipeline refuses it).
+pub fn raw_length_conflict(session: &ServerSession) -> bool {
+    match session {
+        ServerSession::H1(h1) => {
+            let raw = h1.get_headers_raw_bytes();
+            raw_has_header(&raw, b"content-length") && raw_has_header(&raw, b"transfer-encoding")
         }
+        _ => false,
     }
-    Ok(())
 }
 
 /// Refuse request shapes we never forward, before looking at the body.
-pub fn check_framing(req: &RequestHeader, limits: &Limits) -> Result<(), Rejection> {
+pub fn check_framing(req: &RequestHeader, limits: &Limits) -> Result<(), Refusal> {
     let h = &req.headers;
     if h.contains_key(http::header::TRANSFER_ENCODING)
         && h.contains_key(http::header::CONTENT_LENGTH)
     {
-        return Err(Rejection::AmbiguousLength);
+        return Err(Refusal::AmbiguousLength);
     }
     if h.get_all(http::header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err(Rejection::AmbiguousLength);
+        return Err(Refusal::AmbiguousLength);
     }
     let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if h.len() > limits.max_header_count || bytes > limits.max_header_bytes {
-        return Err(Rejection::HeadersTooLarge);
+        return Err(Refusal::HeadersTooLarge);
     }
     Ok(())
 }
 
 /// POST with a SOAP content type, and a declared length within `max_body`.
-pub fn check_message_head(req: &RequestHeader, max_body: usize) -> Result<(), Rejection> {
+pub fn check_message_head(req: &RequestHeader, max_body: usize) -> Result<(), Refusal> {
     if req.method != http::Method::POST {
-        return Err(Rejection::Method);
+        return Err(Refusal::Method);
     }
     let ct = req
         .headers
@@ -81,16 +82,16 @@ pub fn check_message_head(req: &RequestHeader, max_body: usize) -> Result<(), Re
         ct.as_deref(),
         Some("text/xml") | Some("application/soap+xml")
     ) {
-        return Err(Rejection::ContentType);
+        return Err(Refusal::ContentType);
     }
     if let Some(v) = req.headers.get(http::header::CONTENT_LENGTH) {
         let n: u64 = v
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or(Rejection::AmbiguousLength)?;
+            .ok_or(Refusal::AmbiguousLength)?;
         if n > max_body as u64 {
-            return Err(Rejection::BodyTooLarge(max_body));
+            return Err(Refusal::BodyTooLarge(max_body));
         }
     }
     Ok(())
@@ -101,25 +102,25 @@ pub async fn read_body(
     session: &mut ServerSession,
     max: usize,
     deadline: Duration,
-) -> Result<Bytes, Rejection> {
+) -> Result<Bytes, Refusal> {
     let read = async {
         let mut buf = BytesMut::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if buf.len() + chunk.len() > max {
-                        return Err(Rejection::BodyTooLarge(max));
+                        return Err(Refusal::BodyTooLarge(max));
                     }
                     buf.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(buf.freeze()),
-                Err(_) => return Err(Rejection::BodyIncomplete),
+                Err(_) => return Err(Refusal::BodyIncomplete),
             }
         }
     };
     match tokio::time::timeout(deadline, read).await {
         Ok(r) => r,
-        Err(_) => Err(Rejection::BodyTimeout(deadline.as_secs().max(1))),
+        Err(_) => Err(Refusal::BodyTimeout(deadline.as_secs().max(1))),
     }
 }
 
@@ -153,12 +154,12 @@ mod tests {
         let r = req(&[("Content-Length", "5"), ("Transfer-Encoding", "chunked")]);
         assert!(matches!(
             check_framing(&r, &limits()),
-            Err(Rejection::AmbiguousLength)
+            Err(Refusal::AmbiguousLength)
         ));
         let r = req(&[("Content-Length", "5"), ("Content-Length", "6")]);
         assert!(matches!(
             check_framing(&r, &limits()),
-            Err(Rejection::AmbiguousLength)
+            Err(Refusal::AmbiguousLength)
         ));
     }
 
@@ -181,7 +182,7 @@ mod tests {
         let refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         assert!(matches!(
             check_framing(&req(&refs), &limits()),
-            Err(Rejection::HeadersTooLarge)
+            Err(Refusal::HeadersTooLarge)
         ));
     }
 
@@ -194,18 +195,18 @@ mod tests {
         assert!(check_message_head(&ok, 100).is_ok());
         assert!(matches!(
             check_message_head(&ok, 99),
-            Err(Rejection::BodyTooLarge(99))
+            Err(Refusal::BodyTooLarge(99))
         ));
         let soap12 = req(&[("Content-Type", "Application/SOAP+XML")]);
         assert!(check_message_head(&soap12, 100).is_ok());
         let json = req(&[("Content-Type", "application/json")]);
         assert!(matches!(
             check_message_head(&json, 100),
-            Err(Rejection::ContentType)
+            Err(Refusal::ContentType)
         ));
         assert!(matches!(
             check_message_head(&req(&[]), 100),
-            Err(Rejection::ContentType)
+            Err(Refusal::ContentType)
         ));
     }
 }

@@ -18,7 +18,8 @@
 //! listener with content type [`prometheus::TEXT_FORMAT`].
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -121,6 +122,8 @@ pub mod session_action {
     pub const AUDITED: &str = "audited";
     /// obmguard's OAuth token was put in its place.
     pub const INJECTED: &str = "injected";
+    /// Every action.
+    pub const ALL: [&str; 5] = [STRIPPED, REMOVED, REJECTED, AUDITED, INJECTED];
 }
 
 /// Values of the `stage` label of [`TIMEOUTS_TOTAL`].
@@ -176,6 +179,7 @@ pub struct Metrics {
     cert_expiry: IntGaugeVec,
     // (kind, name) -> notAfter as a Unix time; turned into seconds-remaining at render time.
     cert_not_after: Mutex<BTreeMap<(String, String), i64>>,
+    client_last_seen: arc_swap::ArcSwap<Vec<(String, Arc<AtomicI64>)>>,
     policy_reloads: IntCounterVec,
     ranges_date: IntGaugeVec,
     ranges_refreshes: IntCounterVec,
@@ -187,6 +191,66 @@ pub struct Metrics {
 /// Decrements its gauge when dropped, so an early return or a panic cannot leak a count.
 #[must_use = "the gauge goes back down when this guard is dropped"]
 pub struct GaugeGuard(IntGauge);
+
+/// One route's series, resolved when its policy generation is built: see [`Metrics::route`].
+#[derive(Clone)]
+pub struct RouteMetrics {
+    requests: [IntCounter; 5],
+    rejections: std::collections::HashMap<&'static str, IntCounter>,
+    session_ids: std::collections::HashMap<&'static str, IntCounter>,
+    inflight: IntGauge,
+    upstream: prometheus::Histogram,
+    overhead: prometheus::Histogram,
+    unsolicited: IntCounter,
+    panics: IntCounter,
+}
+
+impl RouteMetrics {
+    /// A message ended with `outcome` (one of [`outcome::ALL`]).
+    pub fn request(&self, outcome: &str) {
+        if let Some(i) = outcome::ALL.iter().position(|o| *o == outcome) {
+            self.requests[i].inc();
+        }
+    }
+
+    /// A message was refused or failed for `reason` (one of [`crate::reject::REASONS`]).
+    pub fn rejection(&self, reason: &str) {
+        if let Some(c) = self.rejections.get(reason) {
+            c.inc();
+        }
+    }
+
+    /// The SessionId policy took `action` (one of [`session_action::ALL`]).
+    pub fn session_id(&self, action: &str) {
+        if let Some(c) = self.session_ids.get(action) {
+            c.inc();
+        }
+    }
+
+    /// Count a message as in flight until the guard is dropped.
+    pub fn inflight(&self) -> GaugeGuard {
+        self.inflight.inc();
+        GaugeGuard(self.inflight.clone())
+    }
+
+    pub fn observe_upstream(&self, took: Duration) {
+        self.upstream.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_overhead(&self, took: Duration) {
+        self.overhead.observe(took.as_secs_f64());
+    }
+
+    /// A pooled receiver connection held bytes nobody asked for.
+    pub fn unsolicited(&self) {
+        self.unsolicited.inc();
+    }
+
+    /// The handling of a message panicked.
+    pub fn panic(&self) {
+        self.panics.inc();
+    }
+}
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
@@ -303,6 +367,7 @@ impl Metrics {
                 &["kind", "name"],
             )?,
             cert_not_after: Mutex::new(BTreeMap::new()),
+            client_last_seen: arc_swap::ArcSwap::from_pointee(Vec::new()),
             policy_reloads,
             ranges_date: gauge(
                 SALESFORCE_RANGES_DATE_SECONDS,
@@ -422,7 +487,72 @@ impl Metrics {
     /// Forget every certificate of `kind`: call before re-declaring them after a reload, so a
     /// certificate removed from the config stops being reported.
     pub fn forget_cert_expiry(&self, kind: &str) {
-        self.not_after().retain(|(k, _), _| k != kind);
+        let mut map = self.not_after();
+        map.retain(|(k, name), _| {
+            if k == kind {
+                let _ = self.cert_expiry.remove_label_values(&[k, name]);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The routes in force and where each keeps the notAfter of the last client certificate
+    /// it saw (0: none yet), read at every scrape. Routes no longer listed lose their series.
+    pub fn set_client_last_seen(&self, routes: Vec<(String, Arc<AtomicI64>)>) {
+        let old = self.client_last_seen.swap(Arc::new(routes));
+        let now = self.client_last_seen.load();
+        for (route, _) in old.iter() {
+            if !now.iter().any(|(r, _)| r == route) {
+                let _ = self
+                    .cert_expiry
+                    .remove_label_values(&[cert_kind::CLIENT_LAST_SEEN, route]);
+            }
+        }
+    }
+
+    /// Handles for one route's series, resolved once (a request then takes no lock and builds
+    /// no label strings). Creates the request series at zero, so `rate()` and `increase()`
+    /// work from the route's first message.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        let requests = outcome::ALL.map(|o| self.requests.with_label_values(&[route, o]));
+        let rejections = crate::reject::REASONS
+            .iter()
+            .map(|r| (*r, self.rejections.with_label_values(&[route, r])))
+            .collect();
+        let session_ids = session_action::ALL
+            .iter()
+            .map(|a| (*a, self.session_ids.with_label_values(&[route, a])))
+            .collect();
+        RouteMetrics {
+            requests,
+            rejections,
+            session_ids,
+            inflight: self.inflight.with_label_values(&[route]),
+            upstream: self.upstream_duration.with_label_values(&[route]),
+            overhead: self.overhead_duration.with_label_values(&[route]),
+            unsolicited: self.upstream_unsolicited.with_label_values(&[route]),
+            panics: self.panics.with_label_values(&[route]),
+        }
+    }
+
+    /// Drop every series of a route a reload removed.
+    pub fn forget_route(&self, route: &str) {
+        for o in outcome::ALL {
+            let _ = self.requests.remove_label_values(&[route, o]);
+        }
+        for r in crate::reject::REASONS {
+            let _ = self.rejections.remove_label_values(&[route, r]);
+        }
+        for a in session_action::ALL {
+            let _ = self.session_ids.remove_label_values(&[route, a]);
+        }
+        let _ = self.inflight.remove_label_values(&[route]);
+        let _ = self.upstream_duration.remove_label_values(&[route]);
+        let _ = self.overhead_duration.remove_label_values(&[route]);
+        let _ = self.upstream_unsolicited.remove_label_values(&[route]);
+        let _ = self.panics.remove_label_values(&[route]);
     }
 
     /// A policy reload finished with `outcome` (`ok` or `error`).
@@ -474,16 +604,27 @@ impl Metrics {
     }
 
     fn render_at(&self, now_unix: i64) -> String {
-        // Held through gather so two concurrent scrapes cannot see each other's reset.
-        let not_after = self.not_after();
-        self.cert_expiry.reset();
-        for ((kind, name), at) in not_after.iter() {
+        // A copy, so the lock is not held through gather (a request never takes it: the
+        // client certificates are atomics read here).
+        let not_after: Vec<((String, String), i64)> = self
+            .not_after()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for ((kind, name), at) in &not_after {
             self.cert_expiry
                 .with_label_values(&[kind.as_str(), name.as_str()])
                 .set(at.saturating_sub(now_unix));
         }
+        for (route, at) in self.client_last_seen.load().iter() {
+            let at = at.load(Ordering::Relaxed);
+            if at != 0 {
+                self.cert_expiry
+                    .with_label_values(&[cert_kind::CLIENT_LAST_SEEN, route])
+                    .set(at.saturating_sub(now_unix));
+            }
+        }
         let families = self.registry.gather();
-        drop(not_after);
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
             tracing::error!(error = %e, "cannot encode metrics; the scrape will be incomplete");

@@ -10,7 +10,7 @@
 
 use crate::config::{MessagePolicy, SessionMode};
 use crate::metrics::session_action;
-use crate::reject::Rejection;
+use crate::reject::Refusal;
 use crate::sfid::SfId;
 use crate::soap::{Message, SessionIdState};
 
@@ -33,20 +33,20 @@ pub struct Plan {
     pub action: Option<&'static str>,
 }
 
-fn id(raw: &str, what: &str) -> Result<SfId, Rejection> {
-    SfId::parse(raw).map_err(|e| Rejection::BadId(format!("the {what} id is invalid: {e}")))
+fn id(raw: &str, what: &str) -> Result<SfId, Refusal> {
+    SfId::parse(raw).map_err(|e| Refusal::BadId(format!("the {what} id is invalid: {e}")))
 }
 
 /// Apply the rules; `Err` is a refusal (also for a session id the route rejects).
-pub fn check(msg: &Message, policy: &MessagePolicy) -> Result<Plan, Rejection> {
+pub fn check(msg: &Message, policy: &MessagePolicy) -> Result<Plan, Refusal> {
     let org = id(&msg.organization_id, "organization")?;
     if !policy.organizations.contains(&org) {
-        return Err(Rejection::Organization(org.to_18()));
+        return Err(Refusal::Organization(org.to_18()));
     }
     let action = id(&msg.action_id, "action")?;
     if let Some(actions) = &policy.actions {
         if !actions.contains(&action) {
-            return Err(Rejection::Action(action.to_18()));
+            return Err(Refusal::Action(action.to_18()));
         }
     }
     for n in &msg.notification_ids {
@@ -62,7 +62,7 @@ pub fn check(msg: &Message, policy: &MessagePolicy) -> Result<Plan, Rejection> {
             SessionPlan::Remove,
             present.then_some(session_action::REMOVED),
         ),
-        SessionMode::Reject if has_value => Err(Rejection::SessionIdRejected),
+        SessionMode::Reject if has_value => Err(Refusal::SessionIdRejected),
         SessionMode::Reject => plan(SessionPlan::Keep, None),
         SessionMode::Audit => plan(
             SessionPlan::Keep,
@@ -108,16 +108,16 @@ mod tests {
         assert!(check(&msg(ORG15, ""), &p).is_ok());
         assert!(matches!(
             check(&msg("00D5e000000AbCdEAF", ""), &p),
-            Err(Rejection::BadId(_))
+            Err(Refusal::BadId(_))
         ));
         assert!(matches!(
             check(&msg("00D5e000000XyZw", ""), &p),
-            Err(Rejection::Organization(_))
+            Err(Refusal::Organization(_))
         ));
         // Case matters in the 15-character form.
         assert!(matches!(
             check(&msg("00D5e000000abcd", ""), &p),
-            Err(Rejection::Organization(_))
+            Err(Refusal::Organization(_))
         ));
     }
 
@@ -142,7 +142,7 @@ mod tests {
         );
         assert!(matches!(
             plan(SessionMode::Reject, &with),
-            Err(Rejection::SessionIdRejected)
+            Err(Refusal::SessionIdRejected)
         ));
         assert_eq!(
             plan(SessionMode::Reject, &without).unwrap().session,
@@ -183,7 +183,7 @@ mod tests {
         let p = policy(SessionMode::Strip, Some(&["04k5e000000XyZb"]));
         assert!(matches!(
             check(&msg(ORG18, ""), &p),
-            Err(Rejection::Action(_))
+            Err(Refusal::Action(_))
         ));
     }
 }

@@ -39,13 +39,11 @@ use tracing::Instrument;
 use crate::accept::ConnectionCaps;
 use crate::head::{HeadCutOff, HeadLimited};
 use crate::identity::PeerIdentity;
-use crate::metrics::{cert_kind, stage};
-use crate::policy::SessionPlan;
+use crate::metrics::stage;
 use crate::record::{self, Facts};
-use crate::reject::Rejection;
+use crate::reject::{Failure, Refusal, Rejection};
 use crate::runtime::{Generation, Runtime};
-use crate::soap::{CallbackUrls, SessionRewrite};
-use crate::{accept, intake, policy, soap, upstream};
+use crate::{intake, pipeline, upstream};
 
 /// How long an early refusal keeps reading the unwanted body before closing.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -155,7 +153,7 @@ impl Listener {
                     match head.cut_off() {
                         Some(HeadCutOff::TooLarge) => {
                             rt.metrics
-                                .rejection("-", Rejection::HeadersTooLarge.reason());
+                                .rejection("-", Rejection::from(Refusal::HeadersTooLarge).reason());
                         }
                         Some(HeadCutOff::Deadline) => rt.metrics.timeout(stage::REQUEST_HEAD),
                         None => {}
@@ -206,7 +204,7 @@ impl Listener {
         }
     }
 
-    /// One message: run the stages, then record what happened.
+    /// One message: the pipeline decides, then the record stage counts, audits and logs.
     async fn request(
         &self,
         gen: &Generation,
@@ -214,28 +212,40 @@ impl Listener {
         identity: &Arc<PeerIdentity>,
         s: &mut ServerSession,
     ) -> Reply {
+        let rt = &self.rt;
         let mut facts = Facts::new(new_request_id(), peer, identity.clone());
-        let mut body_read = false;
         let span = tracing::info_span!("request", request_id = %facts.request_id);
-        // A panic anywhere in the stages still ends in a fault, a metric and an audit line
+        let raw_length_conflict = intake::raw_length_conflict(s);
+        // A copy: the body is read from the same session while the head is in use.
+        let req = s.req_header().clone();
+        let head = pipeline::Head {
+            req: &req,
+            raw_length_conflict,
+        };
+        let out = pipeline::Outside {
+            receiver: &rt.receivers,
+            clock: &pipeline::SystemClock,
+            inflight_total: rt.inflight_counter(),
+        };
+        let mut body = SessionBody(s);
+        // A panic anywhere in the pipeline still ends in a fault, a metric and an audit line
         // (and the connection is closed: its state is unknown).
-        let stages = std::panic::AssertUnwindSafe(
-            self.stages(gen, s, &mut facts, &mut body_read)
-                .instrument(span.clone()),
+        let outcome = std::panic::AssertUnwindSafe(
+            pipeline::run(&out, gen, &head, &mut body, &mut facts).instrument(span.clone()),
         )
         .catch_unwind()
         .await;
         let _in_span = span.enter();
-        let result = match stages {
-            Ok(result) => result,
-            Err(_) => {
-                let route = facts.route.as_ref().map_or("-", |r| r.name.as_str());
-                tracing::error!(route, "handling the message panicked (a bug in obmguard): answered 500, Salesforce will retry");
-                self.rt.metrics.panic(route);
-                body_read = false;
-                Err(Rejection::Internal("panic"))
+        let result = outcome.unwrap_or_else(|_| {
+            let route = facts.route.as_ref().map_or("-", |r| r.route.name.as_str());
+            tracing::error!(route, "handling the message panicked (a bug in obmguard): answered 500, Salesforce will retry");
+            match &facts.route {
+                Some(r) => r.metrics.panic(),
+                None => rt.metrics.panic("-"),
             }
-        };
+            facts.body_read = false;
+            Err(Failure::Internal("panic").into())
+        });
         let reply = match &result {
             Ok(()) => Reply {
                 status: 200,
@@ -247,145 +257,28 @@ impl Listener {
                 Reply {
                     status: a.status,
                     body: a.body.into(),
-                    close: !body_read,
+                    close: !facts.body_read,
                 }
             }
         };
-        record::record(&self.rt, &facts, result.as_ref().map(|_| ()), reply.status);
+        record::record(
+            &rt.metrics,
+            &rt.audit,
+            &facts,
+            result.as_ref().map(|_| ()),
+            reply.status,
+        );
         reply
     }
+}
 
-    async fn stages(
-        &self,
-        gen: &Generation,
-        s: &mut ServerSession,
-        f: &mut Facts,
-        body_read: &mut bool,
-    ) -> Result<(), Rejection> {
-        let rt = &self.rt;
-        let config = &gen.config;
-        intake::check_raw_framing(s)?;
-        let req = s.req_header();
-        intake::check_framing(req, &config.limits)?;
-        let route = config
-            .routes
-            .get(intake::path(req))
-            .ok_or(Rejection::UnknownPath)?
-            .clone();
-        f.route = Some(route.clone());
-        let xff = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes());
-        f.client_ip = accept::client_ip(f.peer.ip(), xff, &config.source.trusted_proxies);
-        if !route.source.contains(f.client_ip) {
-            return Err(Rejection::SourceIp(f.client_ip));
-        }
-        f.identity
-            .check_validity(crate::tls::unix_now())
-            .map_err(Rejection::Identity)?;
-        if let Some(rule) = &route.identity {
-            rule.check(&f.identity).map_err(Rejection::Identity)?;
-        }
-        rt.metrics.cert_expiry(
-            cert_kind::CLIENT_LAST_SEEN,
-            &route.name,
-            f.identity.not_after,
-        );
-        intake::check_message_head(req, route.message.max_body_bytes)?;
-        let soap_action = req
-            .headers
-            .get("soapaction")
-            .map(|v| Bytes::copy_from_slice(v.as_bytes()));
-        let _inflight = rt.begin(gen, &route).ok_or(Rejection::Overloaded)?;
-        let body = intake::read_body(
-            s,
-            route.message.max_body_bytes,
-            config.timeouts.request_body,
-        )
-        .await?;
-        *body_read = true;
-        let msg = soap::parse(&body, &route.message.xml).map_err(Rejection::BadXml)?;
-        let plan = policy::check(&msg, &route.message);
-        f.message = Some(msg);
-        let plan = plan?;
-        f.plan = Some(plan);
-        let msg = f
-            .message
-            .as_ref()
-            .ok_or(Rejection::Internal("message lost"))?;
+/// The request body, read from pingora's session for the pipeline.
+struct SessionBody<'s>(&'s mut ServerSession);
 
-        let token = match (plan.session, &route.oauth) {
-            (SessionPlan::Inject, Some(_)) => {
-                let source = gen
-                    .token_source(&route.name)
-                    .ok_or(Rejection::Internal("no token source"))?;
-                Some(source.token().await.map_err(|e| {
-                    tracing::warn!(route = %route.name, error = %e, "no access token for inject");
-                    Rejection::TokenUnavailable(e.reason())
-                })?)
-            }
-            _ => None,
-        };
-        let how = match (plan.session, &token, &route.oauth) {
-            (SessionPlan::Keep, ..) => SessionRewrite::Keep,
-            (SessionPlan::Nil, ..) => SessionRewrite::Nil,
-            (SessionPlan::Remove, ..) => SessionRewrite::Remove,
-            (SessionPlan::Inject, Some(t), Some(o)) => SessionRewrite::Inject {
-                token: t.access_token.expose(),
-                urls: if o.rewrite_urls {
-                    CallbackUrls::Rewrite(t.instance_url.as_str())
-                } else {
-                    CallbackUrls::Verify {
-                        instance_url: t.instance_url.as_str(),
-                        also: &o.callback_hosts,
-                    }
-                },
-            },
-            (SessionPlan::Inject, ..) => return Err(Rejection::Internal("inject without a token")),
-        };
-        let out = soap::rewrite(&body, msg, &how).map_err(|e| {
-            tracing::warn!(route = %route.name, error = %e, "rewrite refused");
-            match e {
-                soap::RewriteError::BodyMismatch => Rejection::Internal("rewrite"),
-                soap::RewriteError::CallbackUrl(what) => Rejection::CallbackUrl(what),
-                _ => Rejection::TokenUnavailable("unsafe_token"),
-            }
-        })?;
-        let out = match out {
-            std::borrow::Cow::Borrowed(_) => body.clone(),
-            std::borrow::Cow::Owned(v) => Bytes::from(v),
-        };
-        let bearer = token
-            .as_ref()
-            .filter(|_| route.oauth.as_ref().is_some_and(|o| o.header));
-        let delivery = upstream::Delivery {
-            route: &route,
-            body: out,
-            client_ip: f.client_ip,
-            soap_action: soap_action.as_deref(),
-            bearer: bearer.map(|t| t.access_token.expose()),
-            request_id: &f.request_id,
-            secret: token.as_ref().map(|t| t.access_token.expose()),
-        };
-        let (result, report) = rt.receivers.deliver(&delivery).await;
-        if report.unsolicited {
-            rt.metrics.upstream_unsolicited(&route.name);
-        }
-        f.upstream = Some(report);
-        if let (Err(Rejection::UpstreamFault(text)), Some(t)) = (&result, &token) {
-            // The receiver called back with our token and Salesforce refused it (revoked, or
-            // the org's session timeout is shorter than ttl_seconds): fetch a new one for the
-            // retry Salesforce will send. (The fault text was scrubbed of the token already.)
-            if text.contains("INVALID_SESSION_ID") {
-                if let Some(source) = gen.token_source(&route.name) {
-                    tracing::warn!(route = %route.name, "the receiver reports INVALID_SESSION_ID: the cached token is dropped");
-                    source.invalidate(t);
-                }
-            }
-        }
-        result
+#[async_trait]
+impl pipeline::Body for SessionBody<'_> {
+    async fn read(&mut self, max: usize, deadline: std::time::Duration) -> Result<Bytes, Refusal> {
+        intake::read_body(self.0, max, deadline).await
     }
 }
 

@@ -11,14 +11,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::audit::{self, AuditRecord, SessionIdSeen};
-use crate::config::Route;
+use crate::audit::{self, AuditLog, AuditRecord, SessionIdSeen};
 use crate::identity::PeerIdentity;
-use crate::metrics::{outcome, session_action, stage};
+use crate::metrics::{outcome, session_action, stage, Metrics};
 use crate::policy::Plan;
-use crate::reject::Rejection;
-use crate::runtime::Runtime;
+use crate::reject::{Failure, Refusal, Rejection};
+use crate::runtime::RouteState;
 use crate::soap::{Message, SessionIdState};
+use crate::token::TokenFailure;
 use crate::upstream::Report;
 
 /// What we learnt about one request on its way through the stages.
@@ -28,10 +28,12 @@ pub struct Facts {
     pub peer: SocketAddr,
     pub client_ip: IpAddr,
     pub identity: Arc<PeerIdentity>,
-    pub route: Option<Arc<Route>>,
+    pub route: Option<Arc<RouteState>>,
     pub message: Option<Message>,
     pub plan: Option<Plan>,
     pub upstream: Option<Report>,
+    /// The request body was read whole (else the connection cannot be reused).
+    pub body_read: bool,
 }
 
 impl Facts {
@@ -46,6 +48,7 @@ impl Facts {
             message: None,
             plan: None,
             upstream: None,
+            body_read: false,
         }
     }
 }
@@ -61,43 +64,55 @@ fn seen(m: Option<&Message>) -> SessionIdSeen {
 }
 
 /// Count, audit and log one finished request.
-pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u16) {
-    let m = &rt.metrics;
-    let route = f.route.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
+pub fn record(
+    m: &Metrics,
+    audit_log: &AuditLog,
+    f: &Facts,
+    result: Result<(), &Rejection>,
+    status: u16,
+) {
+    let state = f.route.as_deref();
+    let route = state.map_or("-", |r| r.route.name.as_str());
     let total = f.started.elapsed();
     let (decision, reason) = match result {
         Ok(()) => (outcome::ACKED, None),
         Err(r) => (r.answer().outcome, Some(r.reason())),
     };
-    m.request(route, decision);
+    match state {
+        Some(s) => s.metrics.request(decision),
+        None => m.request(route, decision),
+    }
     if let Err(r) = result {
-        if decision == outcome::REJECTED {
-            m.rejection(route, r.reason());
+        match state {
+            Some(s) => s.metrics.rejection(r.reason()),
+            None => m.rejection(route, r.reason()),
         }
         match r {
-            Rejection::BodyTimeout(_) => m.timeout(stage::REQUEST_BODY),
-            Rejection::UpstreamTimeout(_) => m.timeout(stage::UPSTREAM),
-            Rejection::TokenUnavailable("timeout") => m.timeout(stage::TOKEN),
+            Rejection::Refused(Refusal::BodyTimeout(_)) => m.timeout(stage::REQUEST_BODY),
+            Rejection::Failed(Failure::UpstreamTimeout(_)) => m.timeout(stage::UPSTREAM),
+            Rejection::Failed(Failure::TokenUnavailable(TokenFailure::Timeout)) => {
+                m.timeout(stage::TOKEN)
+            }
             _ => {}
         }
     }
     // A session id was stripped, removed, audited or injected only if the message went on.
     let action = match (&result, f.plan) {
-        (Err(Rejection::SessionIdRejected), _) => Some(session_action::REJECTED),
+        (Err(Rejection::Refused(Refusal::SessionIdRejected)), _) => Some(session_action::REJECTED),
         (_, Some(p)) if f.upstream.is_some() => p.action,
         _ => None,
     };
-    if let Some(a) = action {
-        m.session_id(route, a);
-    }
     let upstream_time = f.upstream.as_ref().map(|u| u.elapsed);
-    if let Some(t) = upstream_time {
-        m.observe_upstream(route, t);
+    if let Some(s) = state {
+        if let Some(a) = action {
+            s.metrics.session_id(a);
+        }
+        if let Some(t) = upstream_time {
+            s.metrics.observe_upstream(t);
+        }
+        s.metrics
+            .observe_overhead(total.saturating_sub(upstream_time.unwrap_or_default()));
     }
-    m.observe_overhead(
-        route,
-        total.saturating_sub(upstream_time.unwrap_or_default()),
-    );
 
     let msg = f.message.as_ref();
     let org = msg.map(|m| id(&m.organization_id));
@@ -124,10 +139,7 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
             .unwrap_or_default(),
         session_id: seen(msg),
         session_action: action.map(str::to_string),
-        mode: f
-            .route
-            .as_ref()
-            .map(|r| r.message.session_id.as_str().to_string()),
+        mode: state.map(|r| r.route.message.session_id.as_str().to_string()),
         decision: decision.to_string(),
         reason: reason.map(str::to_string),
         upstream_status: f.upstream.as_ref().and_then(|u| u.status),
@@ -135,7 +147,7 @@ pub fn record(rt: &Runtime, f: &Facts, result: Result<(), &Rejection>, status: u
         duration_ms: total.as_secs_f64() * 1000.0,
         upstream_ms: upstream_time.map(|t| t.as_secs_f64() * 1000.0),
     };
-    if rt.audit.write(&rec).is_err() {
+    if audit_log.write(&rec).is_err() {
         m.audit_write_failure();
     }
     // The request id comes from the enclosing `request` span.

@@ -7,13 +7,19 @@
 //! the operator reading logs: they say what was wrong, never a secret, a body or an internal
 //! error chain. `soapenv:Client` means the sender must change something; `soapenv:Server`
 //! means we or the receiver failed and a retry may succeed.
+//!
+//! The shape says which: a [`Refusal`] is the sender's to fix (4xx, `soapenv:Client`), a
+//! [`Failure`] is ours or the receiver's (5xx, `soapenv:Server`). Stages return the one they
+//! can produce (intake and policy refuse, delivery fails); [`Rejection`] is either.
 
 use crate::identity::IdentityDenied;
 use crate::metrics::outcome;
 use crate::soap::{self, FaultCode, XmlError};
+use crate::token::TokenFailure;
 
+/// Something the sender must change: answered 4xx with a `soapenv:Client` fault.
 #[derive(Debug, thiserror::Error)]
-pub enum Rejection {
+pub enum Refusal {
     #[error("no route for this path")]
     UnknownPath,
     #[error("only POST is accepted on this path")]
@@ -46,10 +52,16 @@ pub enum Rejection {
     SessionIdRejected,
     #[error("the {0} is not an https URL on the Salesforce instance of this route's access token: obmguard sends no token beside a callback URL it cannot verify (send the org's own instance URL, or list its host in the route's oauth.callback_hosts)")]
     CallbackUrl(&'static str),
+}
+
+/// Something that failed on our side or the receiver's: answered 5xx with a `soapenv:Server`
+/// fault; Salesforce retries.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
     #[error("this route has too many messages in flight; retry later")]
     Overloaded,
-    #[error("no OAuth access token could be obtained for the receiver ({0}); retry later")]
-    TokenUnavailable(&'static str),
+    #[error("no OAuth access token could be obtained for the receiver ({}); retry later", .0.label())]
+    TokenUnavailable(TokenFailure),
     #[error("the receiver could not be reached")]
     UpstreamUnreachable,
     #[error("the receiver did not answer within {0} seconds")]
@@ -68,6 +80,15 @@ pub enum Rejection {
     Internal(&'static str),
 }
 
+/// Every way a message can end other than with an Ack.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Failed(#[from] Failure),
+}
+
 /// What to send and what to count for a rejection.
 pub struct Answer {
     pub status: u16,
@@ -78,10 +99,39 @@ pub struct Answer {
     pub outcome: &'static str,
 }
 
-impl Rejection {
-    /// The bounded metric label and audit reason for this rejection.
-    pub fn reason(&self) -> &'static str {
-        use Rejection::*;
+/// Every value of the `reason` label (see [`Rejection::reason`]), to create series up front.
+pub const REASONS: &[&str] = &[
+    "unknown_path",
+    "method",
+    "ambiguous_length",
+    "headers_too_large",
+    "source_ip",
+    "identity",
+    "content_type",
+    "body_too_large",
+    "body_timeout",
+    "body_incomplete",
+    "bad_xml",
+    "bad_id",
+    "organization",
+    "action",
+    "session_id_rejected",
+    "callback_url",
+    "overloaded",
+    "token_unavailable",
+    "upstream_unreachable",
+    "upstream_timeout",
+    "nack",
+    "upstream_fault",
+    "upstream_status",
+    "upstream_bad_answer",
+    "shutting_down",
+    "internal",
+];
+
+impl Refusal {
+    fn reason(&self) -> &'static str {
+        use Refusal::*;
         match self {
             UnknownPath => "unknown_path",
             Method => "method",
@@ -99,6 +149,29 @@ impl Rejection {
             Action(_) => "action",
             SessionIdRejected => "session_id_rejected",
             CallbackUrl(_) => "callback_url",
+        }
+    }
+
+    fn status(&self) -> u16 {
+        use Refusal::*;
+        match self {
+            UnknownPath => 404,
+            Method => 405,
+            AmbiguousLength | BadXml(_) | BadId(_) | BodyIncomplete => 400,
+            HeadersTooLarge => 431,
+            SourceIp(_) | Identity(_) | Organization(_) | Action(_) | SessionIdRejected
+            | CallbackUrl(_) => 403,
+            ContentType => 415,
+            BodyTooLarge(_) => 413,
+            BodyTimeout(_) => 408,
+        }
+    }
+}
+
+impl Failure {
+    fn reason(&self) -> &'static str {
+        use Failure::*;
+        match self {
             Overloaded => "overloaded",
             TokenUnavailable(_) => "token_unavailable",
             UpstreamUnreachable => "upstream_unreachable",
@@ -112,28 +185,38 @@ impl Rejection {
         }
     }
 
+    fn status_and_outcome(&self) -> (u16, &'static str) {
+        use Failure::*;
+        match self {
+            Overloaded | ShuttingDown => (503, outcome::REJECTED),
+            Internal(_) => (500, outcome::UPSTREAM_ERROR),
+            TokenUnavailable(_) => (503, outcome::TOKEN_UNAVAILABLE),
+            UpstreamUnreachable | UpstreamStatus(_) | UpstreamBadAnswer(_) => {
+                (502, outcome::UPSTREAM_ERROR)
+            }
+            UpstreamTimeout(_) => (504, outcome::UPSTREAM_ERROR),
+            UpstreamNack | UpstreamFault(_) => (502, outcome::NACKED),
+        }
+    }
+}
+
+impl Rejection {
+    /// The bounded metric label and audit reason for this rejection.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Refused(r) => r.reason(),
+            Rejection::Failed(f) => f.reason(),
+        }
+    }
+
     /// The one mapping from rejection to status, fault code and outcome.
     pub fn answer(&self) -> Answer {
-        use Rejection::*;
         let (status, code, outcome) = match self {
-            UnknownPath => (404, FaultCode::Client, outcome::REJECTED),
-            Method => (405, FaultCode::Client, outcome::REJECTED),
-            AmbiguousLength | BadXml(_) | BadId(_) => (400, FaultCode::Client, outcome::REJECTED),
-            BodyIncomplete => (400, FaultCode::Client, outcome::REJECTED),
-            HeadersTooLarge => (431, FaultCode::Client, outcome::REJECTED),
-            SourceIp(_) | Identity(_) | Organization(_) | Action(_) | SessionIdRejected
-            | CallbackUrl(_) => (403, FaultCode::Client, outcome::REJECTED),
-            ContentType => (415, FaultCode::Client, outcome::REJECTED),
-            BodyTooLarge(_) => (413, FaultCode::Client, outcome::REJECTED),
-            BodyTimeout(_) => (408, FaultCode::Client, outcome::REJECTED),
-            Overloaded | ShuttingDown => (503, FaultCode::Server, outcome::REJECTED),
-            Internal(_) => (500, FaultCode::Server, outcome::UPSTREAM_ERROR),
-            TokenUnavailable(_) => (503, FaultCode::Server, outcome::TOKEN_UNAVAILABLE),
-            UpstreamUnreachable | UpstreamStatus(_) | UpstreamBadAnswer(_) => {
-                (502, FaultCode::Server, outcome::UPSTREAM_ERROR)
+            Rejection::Refused(r) => (r.status(), FaultCode::Client, outcome::REJECTED),
+            Rejection::Failed(f) => {
+                let (status, outcome) = f.status_and_outcome();
+                (status, FaultCode::Server, outcome)
             }
-            UpstreamTimeout(_) => (504, FaultCode::Server, outcome::UPSTREAM_ERROR),
-            UpstreamNack | UpstreamFault(_) => (502, FaultCode::Server, outcome::NACKED),
         };
         Answer {
             status,
@@ -149,24 +232,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_problems_are_4xx_client_faults_and_ours_are_5xx_server_faults() {
-        let a = Rejection::Organization("00D000000000001".into()).answer();
+    fn refusals_are_4xx_client_faults_and_failures_5xx_server_faults() {
+        let a = Rejection::from(Refusal::Organization("00D000000000001".into())).answer();
         assert_eq!(a.status, 403);
         let body = String::from_utf8(a.body).unwrap();
         assert!(body.contains("soapenv:Client"), "{body}");
         assert!(body.contains("organization 00D000000000001 may not use this route"));
-        let a = Rejection::UpstreamTimeout(30).answer();
+        let a = Rejection::from(Failure::UpstreamTimeout(30)).answer();
         assert_eq!(a.status, 504);
         assert!(String::from_utf8(a.body)
             .unwrap()
             .contains("soapenv:Server"));
-        assert_eq!(Rejection::TokenUnavailable("timeout").answer().status, 503);
-        assert_eq!(Rejection::UpstreamNack.answer().outcome, outcome::NACKED);
+        let a = Rejection::from(Failure::TokenUnavailable(TokenFailure::Timeout)).answer();
+        assert_eq!(a.status, 503);
+        assert!(String::from_utf8(a.body).unwrap().contains("(timeout)"));
+        assert_eq!(
+            Rejection::from(Failure::UpstreamNack).answer().outcome,
+            outcome::NACKED
+        );
+    }
+
+    #[test]
+    fn every_reason_is_listed() {
+        let all: Vec<Rejection> = vec![
+            Refusal::UnknownPath.into(),
+            Refusal::Method.into(),
+            Refusal::AmbiguousLength.into(),
+            Refusal::HeadersTooLarge.into(),
+            Refusal::SourceIp(std::net::Ipv4Addr::LOCALHOST.into()).into(),
+            Refusal::Identity(IdentityDenied::NotPinned).into(),
+            Refusal::ContentType.into(),
+            Refusal::BodyTooLarge(1).into(),
+            Refusal::BodyTimeout(1).into(),
+            Refusal::BodyIncomplete.into(),
+            Refusal::BadXml(XmlError::NoRoot).into(),
+            Refusal::BadId(String::new()).into(),
+            Refusal::Organization(String::new()).into(),
+            Refusal::Action(String::new()).into(),
+            Refusal::SessionIdRejected.into(),
+            Refusal::CallbackUrl("EnterpriseUrl").into(),
+            Failure::Overloaded.into(),
+            Failure::TokenUnavailable(TokenFailure::Status).into(),
+            Failure::UpstreamUnreachable.into(),
+            Failure::UpstreamTimeout(1).into(),
+            Failure::UpstreamNack.into(),
+            Failure::UpstreamFault(String::new()).into(),
+            Failure::UpstreamStatus(500).into(),
+            Failure::UpstreamBadAnswer("x").into(),
+            Failure::ShuttingDown.into(),
+            Failure::Internal("x").into(),
+        ];
+        let reasons: Vec<&str> = all.iter().map(Rejection::reason).collect();
+        assert_eq!(reasons, REASONS);
+        for r in &all {
+            let a = r.answer();
+            let client = matches!(r, Rejection::Refused(_));
+            assert_eq!(client, (400..500).contains(&a.status), "{r:?}");
+            assert_eq!(!client, (500..600).contains(&a.status), "{r:?}");
+        }
     }
 
     #[test]
     fn receiver_fault_text_is_escaped() {
-        let a = Rejection::UpstreamFault("<b>bad & worse</b>".into()).answer();
+        let a = Rejection::from(Failure::UpstreamFault("<b>bad & worse</b>".into())).answer();
         let body = String::from_utf8(a.body).unwrap();
         assert!(
             body.contains("&lt;b&gt;bad &amp; worse&lt;/b&gt;"),

@@ -8,7 +8,7 @@
 //! a reload that changes them logs that a restart is needed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,19 +16,30 @@ use arc_swap::ArcSwap;
 
 use crate::audit::AuditLog;
 use crate::config::{Config, IpSet, Route};
-use crate::metrics::{cert_kind, Metrics};
+use crate::metrics::{cert_kind, Metrics, RouteMetrics};
 use crate::tls::TlsStage;
-use crate::token::{FetchOutcome, TokenBroker, TokenSource};
+use crate::token::{FetchOutcome, TokenBroker, TokenProvider};
 use crate::upstream::Receivers;
 
 /// One validated policy set and what belongs to it.
 pub struct Generation {
     pub number: u64,
     pub config: Arc<Config>,
-    /// In-flight counters by route name, carried across generations.
-    inflight: HashMap<String, Arc<AtomicUsize>>,
-    /// Token sources by route name, for routes with `[oauth]`.
-    tokens: HashMap<String, Arc<TokenSource>>,
+    /// Each route's state, by path.
+    routes: HashMap<String, Arc<RouteState>>,
+}
+
+/// What a route needs at run time, built once per policy generation: its metric handles, its
+/// in-flight counter and last-seen client certificate (both carried across generations), and
+/// its token source.
+pub struct RouteState {
+    pub route: Arc<Route>,
+    pub metrics: RouteMetrics,
+    inflight: Arc<AtomicUsize>,
+    /// notAfter (Unix seconds) of the last client certificate seen on the route; 0: none.
+    pub client_not_after: Arc<AtomicI64>,
+    /// For routes with `[oauth]`.
+    pub tokens: Option<Arc<dyn TokenProvider>>,
 }
 
 impl Generation {
@@ -37,28 +48,55 @@ impl Generation {
         config: Config,
         old: Option<&Generation>,
         broker: &TokenBroker,
+        metrics: &Metrics,
     ) -> Generation {
-        let mut inflight = HashMap::new();
-        let mut tokens = HashMap::new();
+        let mut routes = HashMap::new();
         for r in config.routes.iter() {
-            let counter = old
-                .and_then(|o| o.inflight.get(&r.name).cloned())
-                .unwrap_or_default();
-            inflight.insert(r.name.clone(), counter);
-            if let Some(o) = &r.oauth {
-                tokens.insert(r.name.clone(), broker.source(&o.settings));
-            }
+            let previous = old.and_then(|o| o.by_name(&r.name));
+            let tokens = r.oauth.as_ref().map(|o| {
+                let source: Arc<dyn TokenProvider> = broker.source(&o.settings);
+                source
+            });
+            let state = RouteState {
+                route: r.clone(),
+                metrics: metrics.route(&r.name),
+                inflight: previous.map(|p| p.inflight.clone()).unwrap_or_default(),
+                client_not_after: previous
+                    .map(|p| p.client_not_after.clone())
+                    .unwrap_or_default(),
+                tokens,
+            };
+            routes.insert(r.path.clone(), Arc::new(state));
         }
         Generation {
             number,
             config: Arc::new(config),
-            inflight,
-            tokens,
+            routes,
         }
     }
 
-    pub fn token_source(&self, route: &str) -> Option<&Arc<TokenSource>> {
-        self.tokens.get(route)
+    /// The route for a request path (matched exactly).
+    pub fn route(&self, path: &str) -> Option<&Arc<RouteState>> {
+        self.routes.get(path)
+    }
+
+    fn by_name(&self, name: &str) -> Option<&Arc<RouteState>> {
+        self.routes.values().find(|r| r.route.name == name)
+    }
+
+    /// Claim an in-flight slot on `route`, or `None` when the route is at its limit.
+    pub fn begin(&self, route: &RouteState, total: &Arc<AtomicUsize>) -> Option<InflightSlot> {
+        let counter = route.inflight.clone();
+        if counter.fetch_add(1, Ordering::AcqRel) >= route.route.max_inflight {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        total.fetch_add(1, Ordering::AcqRel);
+        Some(InflightSlot {
+            route: counter,
+            total: total.clone(),
+            _gauge: route.metrics.inflight(),
+        })
     }
 }
 
@@ -104,7 +142,7 @@ impl Runtime {
             m.observe_token_fetch(outcome.label(), took);
         }));
         let receivers = Receivers::new(&config.limits, config.timeouts.upstream_connect);
-        let first = Generation::build(1, config, None, &tokens);
+        let first = Generation::build(1, config, None, &tokens, &metrics);
         let rt = Arc::new(Runtime {
             admitted: Arc::new(ArcSwap::from_pointee(first.config.source.admitted.clone())),
             generation: ArcSwap::from_pointee(first),
@@ -143,7 +181,13 @@ impl Runtime {
 
     fn install(&self, config: Config, sc: Arc<rustls::ServerConfig>) -> u64 {
         let number = self.next_generation.fetch_add(1, Ordering::AcqRel);
-        let generation = Generation::build(number, config, Some(&self.current()), &self.tokens);
+        let old = self.current();
+        let generation = Generation::build(number, config, Some(&old), &self.tokens, &self.metrics);
+        for r in old.config.routes.iter() {
+            if generation.by_name(&r.name).is_none() {
+                self.metrics.forget_route(&r.name);
+            }
+        }
         self.admitted
             .store(Arc::new(generation.config.source.admitted.clone()));
         self.tls.replace(sc);
@@ -154,9 +198,12 @@ impl Runtime {
 
     /// Publish a generation's metrics (policy generation, routes, certificate expiry).
     fn announce(&self, g: &Generation) {
-        for r in g.config.routes.iter() {
-            self.metrics.init_route(&r.name);
-        }
+        self.metrics.set_client_last_seen(
+            g.routes
+                .values()
+                .map(|r| (r.route.name.clone(), r.client_not_after.clone()))
+                .collect(),
+        );
         self.record_cert_expiry(&g.config);
         let src = &g.config.source;
         let date = src
@@ -185,18 +232,13 @@ impl Runtime {
     }
 
     /// Claim an in-flight slot on `route`, or `None` when the route is at its limit.
-    pub fn begin(&self, generation: &Generation, route: &Route) -> Option<InflightSlot> {
-        let counter = generation.inflight.get(&route.name)?.clone();
-        if counter.fetch_add(1, Ordering::AcqRel) >= route.max_inflight {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        self.inflight_total.fetch_add(1, Ordering::AcqRel);
-        Some(InflightSlot {
-            route: counter,
-            total: self.inflight_total.clone(),
-            _gauge: self.metrics.inflight(&route.name),
-        })
+    pub fn begin(&self, generation: &Generation, route: &RouteState) -> Option<InflightSlot> {
+        generation.begin(route, &self.inflight_total)
+    }
+
+    /// The counter of messages in flight over all routes.
+    pub fn inflight_counter(&self) -> &Arc<AtomicUsize> {
+        &self.inflight_total
     }
 
     pub fn inflight(&self) -> usize {

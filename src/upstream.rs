@@ -41,14 +41,11 @@ use pingora_http::RequestHeader;
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Limits, Route};
-use crate::reject::Rejection;
+use crate::reject::Failure;
 use crate::soap::{self, Answer};
 
 /// What goes back to Salesforce once the receiver's Ack is verified.
 pub const CANONICAL_ACK: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><notificationsResponse xmlns=\"http://soap.sforce.com/2005/09/outbound\"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>";
-
-/// The longest receiver faultstring relayed to Salesforce, in characters.
-const FAULTSTRING_MAX: usize = 512;
 
 /// Most informational (1xx) answers accepted before the real one.
 const MAX_INFORMATIONAL: usize = 8;
@@ -71,9 +68,6 @@ pub struct Delivery<'a> {
     pub soap_action: Option<&'a [u8]>,
     pub bearer: Option<&'a str>,
     pub request_id: &'a str,
-    /// A secret the message carries (the injected token): scrubbed from anything of the
-    /// receiver's that is relayed to Salesforce.
-    pub secret: Option<&'a str>,
 }
 
 /// The pooled client for all receivers.
@@ -102,19 +96,19 @@ impl Receivers {
 
     /// Deliver one message within the route's deadline. `Ok` means the receiver's verified
     /// Ack; the body to answer with is [`CANONICAL_ACK`].
-    pub async fn deliver(&self, d: &Delivery<'_>) -> (Result<(), Rejection>, Report) {
+    pub async fn deliver(&self, d: &Delivery<'_>) -> (Result<(), Failure>, Report) {
         let start = Instant::now();
         let mut report = Report::default();
         let limit = d.route.upstream_timeout;
         let result = match tokio::time::timeout(limit, self.exchange(d, &mut report)).await {
             Ok(r) => r,
-            Err(_) => Err(Rejection::UpstreamTimeout(limit.as_secs().max(1))),
+            Err(_) => Err(Failure::UpstreamTimeout(limit.as_secs().max(1))),
         };
         report.elapsed = start.elapsed();
         (result, report)
     }
 
-    async fn exchange(&self, d: &Delivery<'_>, report: &mut Report) -> Result<(), Rejection> {
+    async fn exchange(&self, d: &Delivery<'_>, report: &mut Report) -> Result<(), Failure> {
         let peer = self.peer(d.route).await?;
         let key = peer.reuse_hash();
         let keepalive = d.route.upstream_keepalive
@@ -140,10 +134,10 @@ impl Receivers {
         keepalive: bool,
         d: &Delivery<'_>,
         report: &mut Report,
-    ) -> Result<Stream, Rejection> {
+    ) -> Result<Stream, Failure> {
         let unreachable = |e: Box<pingora_core::Error>| {
             tracing::warn!(route = %d.route.name, error = %e, "receiver unreachable");
-            Rejection::UpstreamUnreachable
+            Failure::UpstreamUnreachable
         };
         if keepalive {
             // Bounded: each pass takes one connection out of the pool for good.
@@ -168,7 +162,7 @@ impl Receivers {
         self.transport.new_stream(peer).await.map_err(unreachable)
     }
 
-    async fn peer(&self, route: &Route) -> Result<HttpPeer, Rejection> {
+    async fn peer(&self, route: &Route) -> Result<HttpPeer, Failure> {
         let up = &route.upstream;
         let addr: SocketAddr = match up.host.parse::<IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, up.port),
@@ -178,7 +172,7 @@ impl Receivers {
                 .and_then(|mut it| it.next())
                 .ok_or_else(|| {
                     tracing::warn!(route = %route.name, host = %up.host, "receiver host does not resolve");
-                    Rejection::UpstreamUnreachable
+                    Failure::UpstreamUnreachable
                 })?,
         };
         let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
@@ -195,13 +189,9 @@ impl Receivers {
         Ok(peer)
     }
 
-    fn request_header(
-        &self,
-        d: &Delivery<'_>,
-        keepalive: bool,
-    ) -> Result<RequestHeader, Rejection> {
+    fn request_header(&self, d: &Delivery<'_>, keepalive: bool) -> Result<RequestHeader, Failure> {
         let up = &d.route.upstream;
-        let internal = |_| Rejection::UpstreamUnreachable;
+        let internal = |_| Failure::UpstreamUnreachable;
         let mut h = RequestHeader::build("POST", up.path_and_query.as_bytes(), Some(9))
             .map_err(internal)?;
         let default_port = if up.tls { 443 } else { 80 };
@@ -240,13 +230,13 @@ impl Receivers {
         d: &Delivery<'_>,
         keepalive: bool,
         report: &mut Report,
-    ) -> Result<(), Rejection> {
+    ) -> Result<(), Failure> {
         let header = self.request_header(d, keepalive)?;
         let name = &d.route.name;
         let failed = |what: &'static str| {
             move |e: Box<pingora_core::Error>| {
                 tracing::warn!(route = %name, error = %e, "{what}");
-                Rejection::UpstreamUnreachable
+                Failure::UpstreamUnreachable
             }
         };
         s.write_request_header(Box::new(header))
@@ -267,13 +257,13 @@ impl Receivers {
             match status {
                 101 => {
                     report.status = Some(status);
-                    return Err(Rejection::UpstreamBadAnswer(
+                    return Err(Failure::UpstreamBadAnswer(
                         "it switched protocols (101), which obmguard never asks for",
                     ));
                 }
                 100..=199 if informational < MAX_INFORMATIONAL => informational += 1,
                 100..=199 => {
-                    return Err(Rejection::UpstreamBadAnswer(
+                    return Err(Failure::UpstreamBadAnswer(
                         "too many informational (1xx) answers",
                     ))
                 }
@@ -286,7 +276,7 @@ impl Receivers {
             .and_then(|h| h.headers.get(http::header::CONTENT_ENCODING))
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         if encoded {
-            return Err(Rejection::UpstreamBadAnswer(
+            return Err(Failure::UpstreamBadAnswer(
                 "it carries a Content-Encoding obmguard did not ask for",
             ));
         }
@@ -295,7 +285,7 @@ impl Receivers {
             match s.read_body_bytes().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > self.max_response {
-                        return Err(Rejection::UpstreamBadAnswer(
+                        return Err(Failure::UpstreamBadAnswer(
                             "the answer is larger than limits.max_response_bytes",
                         ));
                     }
@@ -304,14 +294,14 @@ impl Receivers {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(route = %name, error = %e, "the receiver's answer was cut short");
-                    return Err(Rejection::UpstreamBadAnswer("the answer was cut short"));
+                    return Err(Failure::UpstreamBadAnswer("the answer was cut short"));
                 }
             }
         }
-        let verdict = judge(status, &body, &d.route.message.xml, d.secret);
+        let verdict = judge(status, &body, &d.route.message.xml);
         report.ack = match &verdict {
             Ok(()) => Some(true),
-            Err(Rejection::UpstreamNack) => Some(false),
+            Err(Failure::UpstreamNack) => Some(false),
             Err(_) => None,
         };
         verdict
@@ -339,21 +329,17 @@ fn quiet(stream: &mut Stream) -> Quiet {
 }
 
 /// 200 + a well-formed `<Ack>true</Ack>` is the only success.
-fn judge(
-    status: u16,
-    body: &[u8],
-    limits: &soap::Limits,
-    secret: Option<&str>,
-) -> Result<(), Rejection> {
+/// A fault's text is kept whole (at most 8 KiB): the inject stage scrubs the token from it
+/// before it is cut for Salesforce.
+fn judge(status: u16, body: &[u8], limits: &soap::Limits) -> Result<(), Failure> {
     match (status, soap::parse_answer(body, limits)) {
         (200, Answer::Ack) => Ok(()),
-        (_, Answer::Nack) => Err(Rejection::UpstreamNack),
-        (_, Answer::Fault { faultstring, .. }) => Err(Rejection::UpstreamFault(relayable(
-            faultstring.as_deref().unwrap_or("no faultstring"),
-            secret,
-        ))),
-        (200, Answer::Malformed(why)) => Err(Rejection::UpstreamBadAnswer(explain(why))),
-        (other, _) => Err(Rejection::UpstreamStatus(other)),
+        (_, Answer::Nack) => Err(Failure::UpstreamNack),
+        (_, Answer::Fault { faultstring, .. }) => Err(Failure::UpstreamFault(
+            faultstring.unwrap_or_else(|| "no faultstring".to_owned()),
+        )),
+        (200, Answer::Malformed(why)) => Err(Failure::UpstreamBadAnswer(explain(why))),
+        (other, _) => Err(Failure::UpstreamStatus(other)),
     }
 }
 
@@ -370,50 +356,6 @@ fn explain(label: &'static str) -> &'static str {
     }
 }
 
-/// A receiver's faultstring as it may go back to Salesforce: the secret (and its
-/// percent-encoded form, and its part after `!`) replaced first, then cut to
-/// [`FAULTSTRING_MAX`] characters, then any tail that is the start of the secret replaced too,
-/// so no piece of a token survives the cut.
-pub fn relayable(text: &str, secret: Option<&str>) -> String {
-    const MARK: &str = "<access token>";
-    let Some(secret) = secret.filter(|s| s.len() >= 8) else {
-        return text.chars().take(FAULTSTRING_MAX).collect();
-    };
-    let mut forms = vec![secret.to_owned(), percent_encode(secret)];
-    if let Some((_, tail)) = secret.split_once('!') {
-        if tail.len() >= 16 {
-            forms.push(tail.to_owned());
-        }
-    }
-    let mut out = text.to_owned();
-    for form in &forms {
-        out = out.replace(form.as_str(), MARK);
-    }
-    let mut out: String = out.chars().take(FAULTSTRING_MAX).collect();
-    for form in &forms {
-        let longest = (6..form.len().min(out.len()) + 1)
-            .rev()
-            .find(|&k| form.is_char_boundary(k) && out.ends_with(&form[..k]));
-        if let Some(k) = longest {
-            out.truncate(out.len() - k);
-            out.push_str(MARK);
-        }
-    }
-    out
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Shared so every connection task can reach it.
 pub type SharedReceivers = Arc<Receivers>;
 
@@ -426,42 +368,25 @@ mod tests {
     #[test]
     fn only_200_with_ack_true_is_success() {
         let l = soap::Limits::default();
-        assert!(judge(200, ACK, &l, None).is_ok());
+        assert!(judge(200, ACK, &l).is_ok());
         assert!(matches!(
-            judge(500, ACK, &l, None),
-            Err(Rejection::UpstreamStatus(500))
+            judge(500, ACK, &l),
+            Err(Failure::UpstreamStatus(500))
         ));
         assert!(matches!(
-            judge(200, b"<html>ok</html>", &l, None),
-            Err(Rejection::UpstreamBadAnswer(_))
+            judge(200, b"<html>ok</html>", &l),
+            Err(Failure::UpstreamBadAnswer(_))
         ));
         assert!(matches!(
-            judge(200, b"", &l, None),
-            Err(Rejection::UpstreamBadAnswer(_))
+            judge(200, b"", &l),
+            Err(Failure::UpstreamBadAnswer(_))
         ));
         let nack = String::from_utf8(ACK.to_vec())
             .unwrap()
             .replace("true", "false");
         assert!(matches!(
-            judge(200, nack.as_bytes(), &l, None),
-            Err(Rejection::UpstreamNack)
+            judge(200, nack.as_bytes(), &l),
+            Err(Failure::UpstreamNack)
         ));
-    }
-
-    #[test]
-    fn the_token_is_scrubbed_before_the_faultstring_is_cut() {
-        let token = format!("00D5e000000AbCd!AQ{}", "x".repeat(110));
-        for pad in [0, 300, 450, 511 - 20, 600] {
-            let text = format!("{}{token} tail", "p".repeat(pad));
-            let out = relayable(&text, Some(&token));
-            assert!(out.chars().count() <= FAULTSTRING_MAX + 20, "{pad}");
-            assert!(!out.contains("AQxxxxxx"), "{pad}: {out}");
-            assert!(!out.contains(&token[..20]), "{pad}");
-        }
-        let encoded = percent_encode(&token);
-        let out = relayable(&format!("echo {encoded}"), Some(&token));
-        assert!(!out.contains("AQ"), "{out}");
-        assert_eq!(relayable("plain", Some(&token)), "plain");
-        assert_eq!(relayable(&"é".repeat(600), None).chars().count(), 512);
     }
 }

@@ -20,6 +20,7 @@ mod grant;
 mod http;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -305,23 +306,65 @@ pub enum TokenError {
     },
 }
 
+/// Why no token could be had, as a value (the [`TokenError`] without its details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFailure {
+    InsecureUrl,
+    Unreachable,
+    Timeout,
+    Redirect,
+    Status,
+    NotJson,
+    TooLarge,
+    BadResponse,
+    UnsafeToken,
+    BadInstanceUrl,
+    Jwt,
+    Client,
+}
+
+impl TokenFailure {
+    /// A short, fixed label for metrics and fault texts.
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenFailure::InsecureUrl => "insecure_url",
+            TokenFailure::Unreachable => "unreachable",
+            TokenFailure::Timeout => "timeout",
+            TokenFailure::Redirect => "redirect",
+            TokenFailure::Status => "status",
+            TokenFailure::NotJson => "not_json",
+            TokenFailure::TooLarge => "too_large",
+            TokenFailure::BadResponse => "bad_response",
+            TokenFailure::UnsafeToken => "unsafe_token",
+            TokenFailure::BadInstanceUrl => "bad_instance_url",
+            TokenFailure::Jwt => "jwt",
+            TokenFailure::Client => "client",
+        }
+    }
+}
+
 impl TokenError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TokenFailure {
+        match self {
+            TokenError::InsecureUrl { .. } => TokenFailure::InsecureUrl,
+            TokenError::Unreachable { .. } => TokenFailure::Unreachable,
+            TokenError::Timeout { .. } => TokenFailure::Timeout,
+            TokenError::Redirect { .. } => TokenFailure::Redirect,
+            TokenError::Status { .. } => TokenFailure::Status,
+            TokenError::NotJson { .. } => TokenFailure::NotJson,
+            TokenError::TooLarge { .. } => TokenFailure::TooLarge,
+            TokenError::BadResponse { .. } => TokenFailure::BadResponse,
+            TokenError::UnsafeToken { .. } => TokenFailure::UnsafeToken,
+            TokenError::BadInstanceUrl { .. } => TokenFailure::BadInstanceUrl,
+            TokenError::Jwt { .. } => TokenFailure::Jwt,
+            TokenError::Client { .. } => TokenFailure::Client,
+        }
+    }
+
     /// A short, fixed label for metrics.
     pub fn reason(&self) -> &'static str {
-        match self {
-            TokenError::InsecureUrl { .. } => "insecure_url",
-            TokenError::Unreachable { .. } => "unreachable",
-            TokenError::Timeout { .. } => "timeout",
-            TokenError::Redirect { .. } => "redirect",
-            TokenError::Status { .. } => "status",
-            TokenError::NotJson { .. } => "not_json",
-            TokenError::TooLarge { .. } => "too_large",
-            TokenError::BadResponse { .. } => "bad_response",
-            TokenError::UnsafeToken { .. } => "unsafe_token",
-            TokenError::BadInstanceUrl { .. } => "bad_instance_url",
-            TokenError::Jwt { .. } => "jwt",
-            TokenError::Client { .. } => "client",
-        }
+        self.kind().label()
     }
 }
 
@@ -359,6 +402,27 @@ fn url_for_display(url: &url::Url) -> String {
     }
     shown.push_str(url.path());
     shown
+}
+
+/// Where a route's access tokens come from: the [`TokenSource`] in production, anything in a
+/// test of the request pipeline.
+#[async_trait::async_trait]
+pub trait TokenProvider: Send + Sync {
+    /// A token valid now (cached, refreshed ahead of its lifetime, or fetched).
+    async fn token(&self) -> Result<Arc<Token>, TokenError>;
+    /// The receiver reported `stale` as an invalid session: do not hand it out again.
+    fn invalidate(&self, stale: &Token);
+}
+
+#[async_trait::async_trait]
+impl TokenProvider for TokenSource {
+    async fn token(&self) -> Result<Arc<Token>, TokenError> {
+        TokenSource::token(self).await
+    }
+
+    fn invalidate(&self, stale: &Token) {
+        TokenSource::invalidate(self, stale)
+    }
 }
 
 #[cfg(test)]

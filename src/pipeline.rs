@@ -1,0 +1,183 @@
+//! The decisions for one message, stage by stage. `proxy` reads the request head off the
+//! connection and writes the answer; everything between is here, with the outside world behind
+//! traits ([`Deliver`] for the receiver, [`Body`] for the request body, [`Clock`], and the
+//! route's [`crate::token::TokenProvider`]), so any combination of route, identity, policy,
+//! session mode and receiver outcome can be tested in process.
+//!
+//! ```text
+//! intake::check_framing         400 (CL+TE, two lengths) / 431
+//! route by exact path           404
+//! accept::client_ip + ranges    403
+//! identity: validity, rule      403
+//! intake::check_message_head    405 / 415 / 413 (declared length)
+//! in-flight slot                503
+//! Body::read                    413 / 408 / 400, one deadline
+//! soap::parse                   400
+//! policy::check                 400 / 403 (ids, org, action, session id)
+//! inject::token                 503
+//! soap::rewrite                 403 (callback URL) / 500
+//! Deliver::deliver              Ack, or 502 / 504
+//! inject::after_delivery        drop an invalid token, scrub and cut a relayed fault
+//! ```
+//! Each step's refusal is a [`Refusal`] (the sender's to fix, 4xx) or a [`Failure`] (ours or
+//! the receiver's, 5xx); `reject` turns either into the answer. What was learnt on the way goes
+//! into [`Facts`] for the record stage, whatever the outcome.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_http::RequestHeader;
+
+use crate::record::Facts;
+use crate::reject::{Failure, Refusal, Rejection};
+use crate::runtime::Generation;
+use crate::upstream::{Delivery, Receivers, Report};
+use crate::{accept, inject, intake, policy, soap};
+
+/// The receiver, as the pipeline sees it.
+#[async_trait]
+pub trait Deliver: Send + Sync {
+    /// Deliver one message; `Ok` is the receiver's verified Ack.
+    async fn deliver(&self, d: &Delivery<'_>) -> (Result<(), Failure>, Report);
+}
+
+#[async_trait]
+impl Deliver for Receivers {
+    async fn deliver(&self, d: &Delivery<'_>) -> (Result<(), Failure>, Report) {
+        Receivers::deliver(self, d).await
+    }
+}
+
+/// The request body, read only once the head has passed every check.
+#[async_trait]
+pub trait Body: Send {
+    /// The whole body, at most `max` bytes, within `deadline`.
+    async fn read(&mut self, max: usize, deadline: Duration) -> Result<Bytes, Refusal>;
+}
+
+/// Wall-clock time, for the certificate validity check.
+pub trait Clock: Send + Sync {
+    fn unix_now(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_now(&self) -> i64 {
+        crate::tls::unix_now()
+    }
+}
+
+/// What the pipeline needs from outside, besides the policy generation.
+pub struct Outside<'a> {
+    pub receiver: &'a dyn Deliver,
+    pub clock: &'a dyn Clock,
+    /// Messages in flight over all routes (for the drain).
+    pub inflight_total: &'a Arc<AtomicUsize>,
+}
+
+/// The request head as read off the connection.
+pub struct Head<'a> {
+    pub req: &'a RequestHeader,
+    /// The raw head named both Content-Length and Transfer-Encoding (pingora keeps only one).
+    pub raw_length_conflict: bool,
+}
+
+/// Run one message through every stage. `Ok` means the receiver acknowledged it. `facts`
+/// collects what the record stage needs; `facts.body_read` says whether the body was consumed
+/// (if not, the connection cannot be reused).
+pub async fn run(
+    out: &Outside<'_>,
+    gen: &Generation,
+    head: &Head<'_>,
+    body: &mut dyn Body,
+    f: &mut Facts,
+) -> Result<(), Rejection> {
+    let config = &gen.config;
+    let req = head.req;
+    if head.raw_length_conflict {
+        return Err(Refusal::AmbiguousLength.into());
+    }
+    intake::check_framing(req, &config.limits)?;
+    let state = gen
+        .route(intake::path(req))
+        .ok_or(Refusal::UnknownPath)?
+        .clone();
+    f.route = Some(state.clone());
+    let route = &state.route;
+
+    let xff = req
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes());
+    f.client_ip = accept::client_ip(f.peer.ip(), xff, &config.source.trusted_proxies);
+    if !route.source.contains(f.client_ip) {
+        return Err(Refusal::SourceIp(f.client_ip).into());
+    }
+    f.identity
+        .check_validity(out.clock.unix_now())
+        .map_err(Refusal::Identity)?;
+    if let Some(rule) = &route.identity {
+        rule.check(&f.identity).map_err(Refusal::Identity)?;
+    }
+    state
+        .client_not_after
+        .store(f.identity.not_after, Ordering::Relaxed);
+
+    intake::check_message_head(req, route.message.max_body_bytes)?;
+    let soap_action = req
+        .headers
+        .get("soapaction")
+        .map(|v| Bytes::copy_from_slice(v.as_bytes()));
+    let _slot = gen
+        .begin(&state, out.inflight_total)
+        .ok_or(Failure::Overloaded)?;
+    let body = body
+        .read(route.message.max_body_bytes, config.timeouts.request_body)
+        .await?;
+    f.body_read = true;
+
+    let msg = soap::parse(&body, &route.message.xml).map_err(Refusal::BadXml)?;
+    let plan = policy::check(&msg, &route.message);
+    f.message = Some(msg);
+    let plan = plan?;
+    f.plan = Some(plan);
+    let msg = f
+        .message
+        .as_ref()
+        .ok_or(Failure::Internal("message lost"))?;
+
+    let token = inject::token(&state, plan.session).await?;
+    let how = inject::rewrite_for(plan.session, token.as_deref(), route.oauth.as_ref())?;
+    let rewritten =
+        soap::rewrite(&body, msg, &how).map_err(|e| inject::rewrite_refused(&route.name, e))?;
+    let forwarded = match rewritten {
+        std::borrow::Cow::Borrowed(_) => body.clone(),
+        std::borrow::Cow::Owned(v) => Bytes::from(v),
+    };
+    let bearer = token
+        .as_ref()
+        .filter(|_| route.oauth.as_ref().is_some_and(|o| o.header));
+    let delivery = Delivery {
+        route,
+        body: forwarded,
+        client_ip: f.client_ip,
+        soap_action: soap_action.as_deref(),
+        bearer: bearer.map(|t| t.access_token.expose()),
+        request_id: &f.request_id,
+    };
+    let (result, report) = out.receiver.deliver(&delivery).await;
+    if report.unsolicited {
+        state.metrics.unsolicited();
+    }
+    f.upstream = Some(report);
+    inject::after_delivery(&state, token.as_deref(), result).map_err(Rejection::from)
+}
+
+#[cfg(test)]
+mod tests;
