@@ -42,21 +42,23 @@ pub struct RouteState {
     pub tokens: Option<Arc<dyn TokenProvider>>,
 }
 
+/// Where a generation gets each inject route's token provider.
+pub type TokenFactory<'a> = &'a dyn Fn(&crate::config::RouteOAuth) -> Arc<dyn TokenProvider>;
+
 impl Generation {
-    fn build(
+    /// Build a generation's per-route state for `config`, carrying in-flight counters and
+    /// last-seen certificates over from `old` (by route name).
+    pub fn build(
         number: u64,
         config: Config,
         old: Option<&Generation>,
-        broker: &TokenBroker,
+        tokens: TokenFactory<'_>,
         metrics: &Metrics,
     ) -> Generation {
         let mut routes = HashMap::new();
         for r in config.routes.iter() {
             let previous = old.and_then(|o| o.by_name(&r.name));
-            let tokens = r.oauth.as_ref().map(|o| {
-                let source: Arc<dyn TokenProvider> = broker.source(&o.settings);
-                source
-            });
+            let tokens = r.oauth.as_ref().map(tokens);
             let state = RouteState {
                 route: r.clone(),
                 metrics: metrics.route(&r.name),
@@ -142,7 +144,7 @@ impl Runtime {
             m.observe_token_fetch(outcome.label(), took);
         }));
         let receivers = Receivers::new(&config.limits, config.timeouts.upstream_connect);
-        let first = Generation::build(1, config, None, &tokens, &metrics);
+        let first = Generation::build(1, config, None, &|o| tokens.source(&o.settings), &metrics);
         let rt = Arc::new(Runtime {
             admitted: Arc::new(ArcSwap::from_pointee(first.config.source.admitted.clone())),
             generation: ArcSwap::from_pointee(first),
@@ -182,7 +184,13 @@ impl Runtime {
     fn install(&self, config: Config, sc: Arc<rustls::ServerConfig>) -> u64 {
         let number = self.next_generation.fetch_add(1, Ordering::AcqRel);
         let old = self.current();
-        let generation = Generation::build(number, config, Some(&old), &self.tokens, &self.metrics);
+        let generation = Generation::build(
+            number,
+            config,
+            Some(&old),
+            &|o| self.tokens.source(&o.settings),
+            &self.metrics,
+        );
         for r in old.config.routes.iter() {
             if generation.by_name(&r.name).is_none() {
                 self.metrics.forget_route(&r.name);
