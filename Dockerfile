@@ -21,8 +21,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 obmguard \
  && useradd --system --uid 10001 --gid obmguard --home-dir /var/lib/obmguard --shell /usr/sbin/nologin obmguard \
- && mkdir -p /etc/obmguard /var/lib/obmguard \
- && chown obmguard:obmguard /var/lib/obmguard
+ && mkdir -p /etc/obmguard /var/lib/obmguard /run/obmguard \
+ && chown obmguard:obmguard /var/lib/obmguard /run/obmguard \
+ && chmod 0700 /run/obmguard
 COPY --from=build /usr/local/bin/obmguard /usr/local/bin/obmguard
 USER obmguard:obmguard
 WORKDIR /var/lib/obmguard

@@ -34,8 +34,10 @@ pub enum Command {
         /// send SIGQUIT to the old process after starting this one).
         #[arg(long)]
         upgrade: bool,
-        /// Unix socket used to hand listening sockets over during an upgrade.
-        #[arg(long, default_value = "/tmp/obmguard_upgrade.sock")]
+        /// Unix socket used to hand listening sockets over during an upgrade. Its directory
+        /// must exist and must not be writable by other users (whoever binds the socket first
+        /// receives the listening sockets).
+        #[arg(long, default_value = "/run/obmguard/upgrade.sock")]
         upgrade_sock: String,
     },
     /// Validate the configuration exactly as `serve` would, open every file it names, and

@@ -157,10 +157,38 @@ fn route_summary(c: &Config) -> String {
     routes.join("; ")
 }
 
+/// The upgrade socket hands the listening sockets to whoever connects: its directory must
+/// exist and be writable by no one but its owner (a world-writable directory such as /tmp
+/// would let a local user bind the path first).
+fn check_upgrade_sock(sock: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match sock.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        format!(
+            "its directory {} is not usable ({e}): create it, owned by obmguard's user with mode 0700 (the systemd unit's RuntimeDirectory=obmguard does), or pass another --upgrade-sock",
+            dir.display()
+        )
+    })?;
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "its directory {} is writable by other users, so another user could receive the listening sockets: use a directory only obmguard's user can write, e.g. /run/obmguard",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
     let Some(cfg) = load_or_print(path) else {
         return 2;
     };
+    if let Err(e) = check_upgrade_sock(Path::new(&upgrade_sock)) {
+        eprintln!("obmguard: --upgrade-sock {upgrade_sock}: {e}");
+        return 2;
+    }
     if !upgrade {
         // pingora panics on a port it cannot bind: find out first and say so plainly.
         let admin = cfg.server.admin_listen.into_iter();

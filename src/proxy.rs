@@ -97,7 +97,8 @@ impl Listener {
         if rt.is_draining() {
             return;
         }
-        let gen = rt.current();
+        let in_force = rt.in_force();
+        let gen = &in_force.generation;
         let limits = &gen.config.limits;
         let _slot = match self.caps.admit(
             peer.ip(),
@@ -111,7 +112,11 @@ impl Listener {
             }
         };
         let _open = rt.metrics.connection_open(&self.name);
-        let handshake = Box::pin(rt.tls.handshake(stream, gen.config.timeouts.tls_handshake));
+        let handshake = Box::pin(
+            in_force
+                .tls
+                .handshake(stream, gen.config.timeouts.tls_handshake),
+        );
         let (tls, identity) = match handshake.await {
             Ok(ok) => ok,
             Err(f) => {
@@ -123,7 +128,7 @@ impl Listener {
                 return;
             }
         };
-        drop(gen);
+        drop(in_force);
         let (tls, head) = HeadLimited::new(tls);
         let mut stream: Stream = Box::new(tls);
         let mut persistent: Option<HttpPersistentSettings> = None;

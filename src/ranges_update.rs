@@ -382,7 +382,10 @@ impl RangesRefresher {
                         rt: self.rt.clone(),
                         config_file: self.config_file.clone(),
                     };
-                    if reloader.reload("Salesforce ranges refreshed") {
+                    if reloader
+                        .reload_off_runtime("Salesforce ranges refreshed".to_owned())
+                        .await
+                    {
                         tracing::info!(added, removed, "Salesforce ranges refreshed");
                         "ok"
                     } else {

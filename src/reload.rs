@@ -55,17 +55,26 @@ fn watched(c: &Config) -> (HashSet<PathBuf>, HashSet<PathBuf>) {
     (files, dirs)
 }
 
+/// The cheap part of [`relevant`], by file name only (no filesystem access).
+fn candidate(path: &Path, files: &HashSet<PathBuf>) -> bool {
+    let Some(name) = path.file_name() else {
+        return false;
+    };
+    path.extension().is_some_and(|e| e == "toml")
+        || files.iter().any(|f| f.file_name() == Some(name))
+}
+
 /// Whether a change to `path` concerns the configuration. Called for every event in the
 /// watched directories (an audit log written beside the config raises one per message), so the
 /// cheap file-name test comes first and only candidates are canonicalised.
 fn relevant(path: &Path, files: &HashSet<PathBuf>, policies: &Path) -> bool {
+    if !candidate(path, files) {
+        return false;
+    }
     let Some(name) = path.file_name() else {
         return false;
     };
     let in_policies = path.extension().is_some_and(|e| e == "toml");
-    if !in_policies && !files.iter().any(|f| f.file_name() == Some(name)) {
-        return false;
-    }
     let dir = path
         .parent()
         .map(|d| d.canonicalize().unwrap_or(d.to_path_buf()));
@@ -75,6 +84,18 @@ fn relevant(path: &Path, files: &HashSet<PathBuf>, policies: &Path) -> bool {
 }
 
 impl Reloader {
+    /// [`Reloader::reload`] on a blocking thread: loading reads and canonicalises files, which
+    /// must not stall the async runtime.
+    pub async fn reload_off_runtime(&self, why: String) -> bool {
+        let me = Reloader {
+            rt: self.rt.clone(),
+            config_file: self.config_file.clone(),
+        };
+        tokio::task::spawn_blocking(move || me.reload(&why))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Load, validate and swap. Returns whether the new set is in force.
     pub fn reload(&self, why: &str) -> bool {
         let refreshed = self.rt.refreshed_ranges.load_full();
@@ -143,9 +164,16 @@ impl BackgroundService for Reloader {
             if current.number != known_generation {
                 known_generation = current.number;
                 let dirs;
-                (files, dirs) = watched(&current.config);
-                let configured = &current.config.server.policies_dir;
-                policies = configured.canonicalize().unwrap_or(configured.clone());
+                // Canonicalising touches the filesystem: off the async runtime.
+                let c = current.clone();
+                (files, dirs, policies) = tokio::task::spawn_blocking(move || {
+                    let (files, dirs) = watched(&c.config);
+                    let configured = &c.config.server.policies_dir;
+                    let policies = configured.canonicalize().unwrap_or(configured.clone());
+                    (files, dirs, policies)
+                })
+                .await
+                .unwrap_or_default();
                 if let Some(w) = watcher.as_mut() {
                     for d in dirs.difference(&watching.clone()) {
                         if w.watch(d, RecursiveMode::NonRecursive).is_ok() {
@@ -158,7 +186,14 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
                 _ = hup.recv() => "SIGHUP".to_string(),
                 Some(p) = rx.recv() => {
-                    if !relevant(&p, &files, &policies) {
+                    if !candidate(&p, &files) {
+                        continue;
+                    }
+                    let (f, pol, path) = (files.clone(), policies.clone(), p.clone());
+                    let concerns = tokio::task::spawn_blocking(move || relevant(&path, &f, &pol))
+                        .await
+                        .unwrap_or(false);
+                    if !concerns {
                         continue;
                     }
                     // Editors write in several steps: let them finish, then reload once.
@@ -167,7 +202,7 @@ impl BackgroundService for Reloader {
                     format!("change of {}", p.display())
                 }
             };
-            self.reload(&trigger);
+            self.reload_off_runtime(trigger).await;
         }
     }
 }

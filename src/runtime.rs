@@ -102,6 +102,12 @@ impl Generation {
     }
 }
 
+/// What a new connection takes once: the generation in force and its TLS acceptor.
+pub struct InForce {
+    pub generation: Arc<Generation>,
+    pub tls: Arc<TlsStage>,
+}
+
 /// A request's claim on its route's in-flight budget; released on drop.
 pub struct InflightSlot {
     route: Arc<AtomicUsize>,
@@ -117,11 +123,11 @@ impl Drop for InflightSlot {
 }
 
 pub struct Runtime {
-    generation: ArcSwap<Generation>,
+    /// The generation in force and its TLS acceptor, swapped as one.
+    in_force: ArcSwap<InForce>,
     next_generation: AtomicU64,
     /// The pre-TLS admission set, shared with every listener's connection filter.
     pub admitted: Arc<ArcSwap<IpSet>>,
-    pub tls: TlsStage,
     pub metrics: Arc<Metrics>,
     pub tokens: TokenBroker,
     pub receivers: Receivers,
@@ -147,9 +153,11 @@ impl Runtime {
         let first = Generation::build(1, config, None, &|o| tokens.source(&o.settings), &metrics);
         let rt = Arc::new(Runtime {
             admitted: Arc::new(ArcSwap::from_pointee(first.config.source.admitted.clone())),
-            generation: ArcSwap::from_pointee(first),
+            in_force: ArcSwap::from_pointee(InForce {
+                generation: Arc::new(first),
+                tls: Arc::new(TlsStage::new(sc)),
+            }),
             next_generation: AtomicU64::new(2),
-            tls: TlsStage::new(sc),
             metrics,
             tokens,
             receivers,
@@ -163,9 +171,14 @@ impl Runtime {
         Ok(rt)
     }
 
+    /// The generation in force now and its TLS acceptor, for a new connection.
+    pub fn in_force(&self) -> Arc<InForce> {
+        self.in_force.load_full()
+    }
+
     /// The generation in force now.
     pub fn current(&self) -> Arc<Generation> {
-        self.generation.load_full()
+        self.in_force.load().generation.clone()
     }
 
     /// Validate-then-swap: build the TLS configuration for `config` and, only if that works,
@@ -198,9 +211,11 @@ impl Runtime {
         }
         self.admitted
             .store(Arc::new(generation.config.source.admitted.clone()));
-        self.tls.replace(sc);
         self.announce(&generation);
-        self.generation.store(Arc::new(generation));
+        self.in_force.store(Arc::new(InForce {
+            generation: Arc::new(generation),
+            tls: Arc::new(TlsStage::new(sc)),
+        }));
         number
     }
 

@@ -7,9 +7,17 @@
 
 use std::fmt;
 
-/// A string that redacts itself. Compare two secrets with [`Secret::ct_eq`] (constant time).
-#[derive(Clone, Default, PartialEq, Eq)]
+/// A string that redacts itself. Equality is constant time ([`Secret::ct_eq`]).
+#[derive(Clone, Default)]
 pub struct Secret(String);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.ct_eq(other)
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wrap a value that must stay out of logs.

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::TlsStream;
@@ -432,21 +431,17 @@ fn classify(e: &pingora_core::Error) -> HandshakeFailure {
 }
 
 /// The TLS stage: holds the current acceptor, swapped whole on reload.
+/// One generation's TLS acceptor (server certificate and client trust), swapped with the
+/// policy generation it belongs to: a connection is accepted and routed by the same set.
 pub struct TlsStage {
-    acceptor: ArcSwap<Acceptor>,
+    acceptor: Acceptor,
 }
 
 impl TlsStage {
     pub fn new(sc: Arc<ServerConfig>) -> Self {
         TlsStage {
-            acceptor: ArcSwap::from_pointee(Acceptor::from_server_config(sc)),
+            acceptor: Acceptor::from_server_config(sc),
         }
-    }
-
-    /// Install a new configuration for connections accepted from now on.
-    pub fn replace(&self, sc: Arc<ServerConfig>) {
-        self.acceptor
-            .store(Arc::new(Acceptor::from_server_config(sc)));
     }
 
     /// Complete the handshake within `limit`, and parse the verified client certificate.
@@ -460,10 +455,9 @@ impl TlsStage {
             .into_any()
             .downcast::<L4Stream>()
             .map_err(|_| HandshakeFailure::Protocol)?;
-        let acceptor = self.acceptor.load_full();
         let tls = match tokio::time::timeout(
             limit,
-            pingora_core::protocols::tls::server::handshake(&acceptor, l4),
+            pingora_core::protocols::tls::server::handshake(&self.acceptor, l4),
         )
         .await
         {

@@ -26,7 +26,7 @@
 //! HTTP requires; `101` and a `Content-Encoding` we did not ask for are refused.
 //! Not done here: any store-and-forward.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -70,6 +70,17 @@ pub struct Delivery<'a> {
     pub request_id: &'a str,
 }
 
+/// How long a receiver's resolved addresses are used before they are looked up again.
+const DNS_TTL: Duration = Duration::from_secs(30);
+
+/// How one attempt on one address ended: before anything was sent (the next address may be
+/// tried), or after (never retried).
+enum Attempt {
+    Connect(Failure),
+    Sent(Failure),
+}
+use Attempt::{Connect, Sent};
+
 /// The pooled client for all receivers.
 pub struct Receivers {
     transport: TransportConnector,
@@ -79,6 +90,8 @@ pub struct Receivers {
     /// Receivers (by pool key) that once left an unsolicited answer on a connection: they get
     /// a fresh connection per message from then on.
     distrusted: RwLock<HashSet<u64>>,
+    /// Resolved receiver addresses by (host, port), with when they were resolved.
+    dns: RwLock<HashMap<(String, u16), (Instant, Arc<Vec<SocketAddr>>)>>,
 }
 
 impl Receivers {
@@ -91,6 +104,7 @@ impl Receivers {
             idle: limits.upstream_idle,
             max_response: limits.max_response_bytes,
             distrusted: RwLock::new(HashSet::new()),
+            dns: RwLock::new(HashMap::new()),
         }
     }
 
@@ -109,11 +123,34 @@ impl Receivers {
     }
 
     async fn exchange(&self, d: &Delivery<'_>, report: &mut Report) -> Result<(), Failure> {
-        let peer = self.peer(d.route).await?;
+        // Every address the receiver's name resolves to, in order, until one connects.
+        let addrs = self.resolve(d.route).await?;
+        let mut last = Failure::UpstreamUnreachable;
+        for addr in addrs.iter() {
+            let peer = self.peer(d.route, *addr);
+            match self.exchange_with(&peer, d, report).await {
+                Err(Connect(f)) => last = f,
+                Ok(()) => return Ok(()),
+                Err(Sent(f)) => return Err(f),
+            }
+        }
+        Err(last)
+    }
+
+    async fn exchange_with(
+        &self,
+        peer: &HttpPeer,
+        d: &Delivery<'_>,
+        report: &mut Report,
+    ) -> Result<(), Attempt> {
+        let peer = peer.clone();
         let key = peer.reuse_hash();
         let keepalive = d.route.upstream_keepalive
             && !self.distrusted.read().is_ok_and(|set| set.contains(&key));
-        let stream = self.stream(&peer, keepalive, d, report).await?;
+        let stream = self
+            .stream(&peer, keepalive, d, report)
+            .await
+            .map_err(Connect)?;
         let mut s = HttpSession::new_with_options(stream, &peer);
         s.read_timeout = Some(d.route.upstream_timeout);
         s.write_timeout = Some(d.route.upstream_timeout);
@@ -124,7 +161,35 @@ impl Receivers {
                 self.transport.release_stream(stream, key, Some(self.idle));
             }
         }
-        verdict
+        verdict.map_err(Sent)
+    }
+
+    /// The receiver's addresses, from a cache refreshed every [`DNS_TTL`] (an IP literal needs
+    /// no lookup).
+    async fn resolve(&self, route: &Route) -> Result<Arc<Vec<SocketAddr>>, Failure> {
+        let up = &route.upstream;
+        if let Ok(ip) = up.host.parse::<IpAddr>() {
+            return Ok(Arc::new(vec![SocketAddr::new(ip, up.port)]));
+        }
+        let key = (up.host.clone(), up.port);
+        if let Some((at, addrs)) = self.dns.read().ok().and_then(|c| c.get(&key).cloned()) {
+            if at.elapsed() < DNS_TTL {
+                return Ok(addrs);
+            }
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((up.host.as_str(), up.port))
+            .await
+            .map(|it| it.collect())
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            tracing::warn!(route = %route.name, host = %up.host, "receiver host does not resolve");
+            return Err(Failure::UpstreamUnreachable);
+        }
+        let addrs = Arc::new(addrs);
+        if let Ok(mut cache) = self.dns.write() {
+            cache.insert(key, (Instant::now(), addrs.clone()));
+        }
+        Ok(addrs)
     }
 
     /// A connection to write a request on: a pooled one that is provably quiet, or a new one.
@@ -162,19 +227,8 @@ impl Receivers {
         self.transport.new_stream(peer).await.map_err(unreachable)
     }
 
-    async fn peer(&self, route: &Route) -> Result<HttpPeer, Failure> {
+    fn peer(&self, route: &Route, addr: SocketAddr) -> HttpPeer {
         let up = &route.upstream;
-        let addr: SocketAddr = match up.host.parse::<IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, up.port),
-            Err(_) => tokio::net::lookup_host((up.host.as_str(), up.port))
-                .await
-                .ok()
-                .and_then(|mut it| it.next())
-                .ok_or_else(|| {
-                    tracing::warn!(route = %route.name, host = %up.host, "receiver host does not resolve");
-                    Failure::UpstreamUnreachable
-                })?,
-        };
         let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
@@ -186,7 +240,7 @@ impl Receivers {
         o.verify_hostname = true;
         o.ca = up.ca.clone();
         peer.group_key = up.trust_key;
-        Ok(peer)
+        peer
     }
 
     fn request_header(&self, d: &Delivery<'_>, keepalive: bool) -> Result<RequestHeader, Failure> {
