@@ -73,6 +73,9 @@ pub struct Delivery<'a> {
 /// How long a receiver's resolved addresses are used before they are looked up again.
 const DNS_TTL: Duration = Duration::from_secs(30);
 
+/// A receiver's addresses and when they were looked up.
+type Resolved = (Instant, Arc<Vec<SocketAddr>>);
+
 /// How one attempt on one address ended: before anything was sent (the next address may be
 /// tried), or after (never retried).
 enum Attempt {
@@ -91,7 +94,7 @@ pub struct Receivers {
     /// a fresh connection per message from then on.
     distrusted: RwLock<HashSet<u64>>,
     /// Resolved receiver addresses by (host, port), with when they were resolved.
-    dns: RwLock<HashMap<(String, u16), (Instant, Arc<Vec<SocketAddr>>)>>,
+    dns: RwLock<HashMap<(String, u16), Resolved>>,
 }
 
 impl Receivers {
