@@ -78,12 +78,10 @@ impl PeerIdentity {
     }
 }
 
-/// A route's `[identity]` table: every listed condition must hold.
-#[derive(Debug, Clone)]
-pub struct IdentityRule {
-    subject_cn: Vec<String>,
-    pins: Vec<[u8; 32]>,
-}
+/// A route's `[identity]` rule. The configuration holds it as plain data
+/// ([`crate::config::IdentityPolicy`]: accepted common names and pins); this stage owns what
+/// it means, [`IdentityRule::check`], so the proxy calls `route.identity`'s `check` directly.
+pub use crate::config::IdentityPolicy as IdentityRule;
 
 /// Why a verified certificate may not use a route (said to the operator in the fault).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,10 +107,8 @@ impl PeerIdentity {
 }
 
 impl IdentityRule {
-    pub fn new(subject_cn: Vec<String>, pins: Vec<[u8; 32]>) -> Self {
-        IdentityRule { subject_cn, pins }
-    }
-
+    /// Every listed condition must hold: the certificate is one of the pins (when any are
+    /// listed) and its common name is one of `subject_cn` (when any are listed).
     pub fn check(&self, peer: &PeerIdentity) -> Result<(), IdentityDenied> {
         if !self.pins.is_empty() && !self.pins.contains(&peer.sha256) {
             return Err(IdentityDenied::NotPinned);
@@ -175,17 +171,21 @@ mod tests {
         );
     }
 
+    fn rule(subject_cn: Vec<String>, pins: Vec<[u8; 32]>) -> IdentityRule {
+        IdentityRule { subject_cn, pins }
+    }
+
     #[test]
     fn rule_checks_cn_case_insensitively_and_pins() {
         let der = cert_with(&["Proxy.Salesforce.com"]);
         let id = PeerIdentity::from_der(&der).unwrap();
-        let rule = IdentityRule::new(vec!["proxy.salesforce.com".into()], vec![]);
-        assert!(rule.check(&id).is_ok());
-        let rule = IdentityRule::new(vec!["other.example".into()], vec![]);
-        assert_eq!(rule.check(&id), Err(IdentityDenied::CommonName));
-        let rule = IdentityRule::new(vec![], vec![[0u8; 32]]);
-        assert_eq!(rule.check(&id), Err(IdentityDenied::NotPinned));
-        let rule = IdentityRule::new(vec!["proxy.salesforce.com".into()], vec![id.sha256]);
-        assert!(rule.check(&id).is_ok());
+        let r = rule(vec!["proxy.salesforce.com".into()], vec![]);
+        assert!(r.check(&id).is_ok());
+        let r = rule(vec!["other.example".into()], vec![]);
+        assert_eq!(r.check(&id), Err(IdentityDenied::CommonName));
+        let r = rule(vec![], vec![[0u8; 32]]);
+        assert_eq!(r.check(&id), Err(IdentityDenied::NotPinned));
+        let r = rule(vec!["proxy.salesforce.com".into()], vec![id.sha256]);
+        assert!(r.check(&id).is_ok());
     }
 }

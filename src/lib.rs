@@ -6,6 +6,7 @@
 pub mod accept;
 pub mod admin;
 pub mod audit;
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -144,7 +144,7 @@ impl Runtime {
     /// Build the runtime around a first, already validated configuration.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Runtime>, String> {
         let audit = AuditLog::open(&config.server.audit_log).map_err(|e| e.to_string())?;
-        let sc = crate::tls::server_config(&config, metrics.clone())?;
+        let sc = crate::tls::server_config(&config, metrics.clone()).map_err(|e| e.to_string())?;
         let m = metrics.clone();
         let tokens = TokenBroker::new(Arc::new(move |outcome: FetchOutcome, took: Duration| {
             m.observe_token_fetch(outcome.label(), took);
@@ -184,7 +184,8 @@ impl Runtime {
     /// Validate-then-swap: build the TLS configuration for `config` and, only if that works,
     /// make it the generation in force. Returns the new generation number.
     pub fn apply(&self, config: Config) -> Result<u64, String> {
-        let sc = crate::tls::server_config(&config, self.metrics.clone())?;
+        let sc =
+            crate::tls::server_config(&config, self.metrics.clone()).map_err(|e| e.to_string())?;
         let old = self.current();
         for note in restart_notes(&old.config, &config) {
             tracing::warn!(

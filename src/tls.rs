@@ -15,7 +15,6 @@
 //! Not defended here: revocation (no CRL or OCSP), client-certificate renegotiation (rustls
 //! does not do it), and HTTP/2 (we only offer HTTP/1.1).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,108 +50,20 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(p)
 }
 
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::certs::unix_now;
 
-/// Problems with certificate or key files, phrased for the operator.
+/// Why the TLS configuration of a policy generation could not be built. The files were
+/// checked when the configuration was loaded, so these are rare; each says what to do.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsFileError {
-    #[error("cannot read {path}: {err}")]
-    Read { path: String, err: std::io::Error },
-    #[error("{path} holds no PEM certificate: give the chain, leaf first")]
-    NoCertificate { path: String },
-    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
-    NoKey { path: String },
-    #[error("{path}: a certificate could not be parsed; re-export it as PEM")]
-    BadCertificate { path: String },
-    #[error("{key} does not belong to the certificate in {cert}, or its type is unsupported: use the key the certificate was issued for")]
-    KeyMismatch { cert: String, key: String },
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|err| TlsFileError::Read {
-        path: path.display().to_string(),
-        err,
-    })
-}
-
-fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let bytes = read(path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut bytes.as_slice()).collect();
-    let certs = certs.map_err(|_| TlsFileError::BadCertificate {
-        path: path.display().to_string(),
-    })?;
-    if certs.is_empty() {
-        return Err(TlsFileError::NoCertificate {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(certs)
-}
-
-/// Load the server chain and key, check that they belong together, and return the leaf's
-/// `not_after` and subject. `check` runs this, so `serve` never meets an unreadable file
-/// (pingora's own loader would panic on one).
-pub fn load_certified_key(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Arc<CertifiedKey>, i64, String), TlsFileError> {
-    let chain = pem_certs(cert)?;
-    let key_bytes = read(key)?;
-    let key_der = rustls_pemfile::private_key(&mut key_bytes.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsFileError::NoKey {
-            path: key.display().to_string(),
-        })?;
-    let (not_after, subject) = {
-        let leaf = PeerIdentity::from_der(&chain[0]).map_err(|_| TlsFileError::BadCertificate {
-            path: cert.display().to_string(),
-        })?;
-        (leaf.not_after, leaf.common_name.unwrap_or(leaf.subject))
-    };
-    let ck = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|_| {
-        TlsFileError::KeyMismatch {
-            cert: cert.display().to_string(),
-            key: key.display().to_string(),
-        }
-    })?;
-    Ok((Arc::new(ck), not_after, subject))
-}
-
-/// The certificates of a CA bundle and, for each, (name, not_after in Unix seconds).
-pub type CaBundle = (Vec<CertificateDer<'static>>, Vec<(String, i64)>);
-
-/// Load a PEM CA bundle; every certificate must parse.
-pub fn load_ca_bundle(path: &Path) -> Result<CaBundle, String> {
-    let certs = match pem_certs(path) {
-        Ok(c) => c,
-        Err(TlsFileError::NoCertificate { .. }) => {
-            return Err(format!(
-                "{} holds no certificate: an empty CA bundle would trust nobody; put Salesforce's CA (PEM) in it or use pin_sha256",
-                path.display()
-            ))
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let mut expiry = Vec::new();
-    for c in &certs {
-        let id = PeerIdentity::from_der(c).map_err(|e| format!("{}: {e}", path.display()))?;
-        expiry.push((id.common_name.unwrap_or(id.subject), id.not_after));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    let (_, bad) = roots.add_parsable_certificates(certs.iter().cloned());
-    if bad > 0 {
-        return Err(format!(
-            "{}: {bad} certificate(s) cannot be used as a trust anchor",
-            path.display()
-        ));
-    }
-    Ok((certs, expiry))
+pub enum TlsError {
+    #[error("the CA bundle cannot verify client certificates ({0}): check that client_cert.ca_bundle holds CA certificates")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("the server key cannot be used ({0}): give server.tls_key an RSA, ECDSA or Ed25519 key that belongs to server.tls_cert")]
+    ServerKey(rustls::Error),
+    #[error("the TLS protocol versions cannot be set up ({0}); this is a bug, please report it")]
+    Versions(rustls::Error),
+    #[error("TLS session tickets cannot be set up ({0}): the system's random number generator may be unavailable")]
+    Tickets(rustls::Error),
 }
 
 /// Verifies client certificates: chain to the CA bundle, or a pin.
@@ -175,7 +86,7 @@ impl std::fmt::Debug for ClientVerifier {
 }
 
 impl ClientVerifier {
-    pub fn new(trust: &ClientTrust, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(trust: &ClientTrust, metrics: Arc<Metrics>) -> Result<Self, TlsError> {
         let provider = provider();
         let webpki = if trust.roots.is_empty() {
             None
@@ -183,8 +94,7 @@ impl ClientVerifier {
             let mut roots = rustls::RootCertStore::empty();
             roots.add_parsable_certificates(trust.roots.iter().cloned());
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| format!("the CA bundle cannot verify client certificates: {e}"))?;
+                .build()?;
             Some(v)
         };
         Ok(ClientVerifier {
@@ -333,20 +243,31 @@ impl ResolvesServerCert for FixedCert {
     }
 }
 
-/// Build the rustls server configuration for one policy generation.
-pub fn server_config(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<ServerConfig>, String> {
+/// Build the rustls server configuration for one policy generation, from the certificates,
+/// key and trust that configuration loading already read and checked.
+pub fn server_config(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let verifier = ClientVerifier::new(&config.trust, metrics)?;
+    let server = &config.server;
+    let key = CertifiedKey::from_der(
+        server.cert_chain.clone(),
+        server.cert_key.clone_key(),
+        &provider(),
+    )
+    .map_err(TlsError::ServerKey)?;
     let mut sc = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Versions)?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_cert_resolver(Arc::new(FixedCert(config.server.certified_key.clone())));
+        .with_cert_resolver(Arc::new(FixedCert(Arc::new(key))));
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
     sc.ignore_client_order = true;
     // Resumption by ticket only, with the lifetime enforced here: rustls itself only tells
     // the client how long a ticket lives. (No stateful session cache: it has no lifetime.)
     sc.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    let inner = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
+    let inner = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Tickets)?;
     sc.ticketer = Arc::new(AgedTickets {
         inner,
         lifetime: config.timeouts.tls_ticket_lifetime,

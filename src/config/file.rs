@@ -7,7 +7,93 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::SessionMode;
+
 pub type S<T> = Spanned<T>;
+
+/// A word that is not one of a key's allowed values. Shows the word only when it is a short
+/// plain word (a mistyped mode), never a longer value that could be anything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} is not {what}: use {}", shown(value), allowed_list(allowed))]
+pub struct UnknownWord {
+    pub value: String,
+    pub what: &'static str,
+    pub allowed: &'static [&'static str],
+}
+
+fn shown(value: &str) -> String {
+    let plain = value.len() <= 32
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ' '));
+    if plain {
+        format!("\"{value}\"")
+    } else {
+        "this value".to_string()
+    }
+}
+
+fn allowed_list(words: &[&str]) -> String {
+    match words {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// Deserialise a fieldless enum from one of a fixed list of words, with an [`UnknownWord`]
+/// error (toml gives it the value's line) instead of serde's generic "unknown variant".
+macro_rules! words {
+    ($ty:ty, $what:literal, { $($word:literal => $variant:expr),+ $(,)? }) => {
+        impl $ty {
+            /// Every word this key accepts, in documentation order.
+            pub const WORDS: &'static [&'static str] = &[$($word),+];
+        }
+        impl TryFrom<String> for $ty {
+            type Error = UnknownWord;
+            fn try_from(value: String) -> Result<Self, UnknownWord> {
+                match value.as_str() {
+                    $($word => Ok($variant),)+
+                    _ => Err(UnknownWord { value, what: $what, allowed: <$ty>::WORDS }),
+                }
+            }
+        }
+    };
+}
+
+words!(SessionMode, "a mode", {
+    "strip" => SessionMode::Strip,
+    "remove" => SessionMode::Remove,
+    "reject" => SessionMode::Reject,
+    "audit" => SessionMode::Audit,
+    "inject" => SessionMode::Inject,
+});
+
+/// `oauth.flow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum FlowName {
+    ClientCredentials,
+    JwtBearer,
+}
+
+words!(FlowName, "an OAuth flow", {
+    "client_credentials" => FlowName::ClientCredentials,
+    "jwt_bearer" => FlowName::JwtBearer,
+});
+
+/// `oauth.client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ClientAuthName {
+    Body,
+    Basic,
+}
+
+words!(ClientAuthName, "a client_auth", {
+    "body" => ClientAuthName::Body,
+    "basic" => ClientAuthName::Basic,
+});
 
 /// `obmguard.toml`.
 #[derive(Debug, Deserialize)]
@@ -136,7 +222,7 @@ pub struct MessageSection {
     #[serde(default)]
     pub action_ids: Vec<S<String>>,
     pub max_body_bytes: Option<S<i64>>,
-    pub session_id: Option<S<String>>,
+    pub session_id: Option<S<SessionMode>>,
     pub max_depth: Option<S<i64>>,
     pub max_attributes: Option<S<i64>>,
 }
@@ -144,11 +230,11 @@ pub struct MessageSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthSection {
-    pub flow: S<String>,
+    pub flow: S<FlowName>,
     pub token_url: S<String>,
     pub client_id: S<SecretSource>,
     pub client_secret: Option<S<SecretSource>>,
-    pub client_auth: Option<S<String>>,
+    pub client_auth: Option<S<ClientAuthName>>,
     pub username: Option<S<String>>,
     pub private_key: Option<S<SecretSource>>,
     pub audience: Option<S<String>>,

@@ -5,11 +5,34 @@
 //! accept and refuse exactly the same files. It reports every problem in one pass, each with
 //! file, line and key and what to change, and opens every certificate, key and secret the
 //! configuration names. It never prints a value from a file that could be a secret.
+//!
+//! Configuration knows no stage: it holds plain validated data (addresses, durations, DER
+//! certificates, pins, names), and each stage builds what it runs from that data (tls.rs its
+//! rustls configuration, identity.rs the check of a route's [`IdentityPolicy`]). PEM parsing
+//! and key checks live in [`crate::certs`], shared by this validation and the TLS stage.
+//!
+//! Layout: [`file`] mirrors the files (serde), `build` reads them through [`Inputs`] and calls
+//! one builder per section (`server`, `trust` for `[client_cert]`, `source`, `timeouts`,
+//! `limits`, and per policy file `route` and `oauth`), each taking defaults and ranges from
+//! [`defaults`]. Sections to come (`[store]`, `[delivery]`) follow the same pattern: a file
+//! beside these and one call in `build::load`.
 
 mod build;
+pub mod defaults;
 pub mod diag;
 pub mod file;
+pub mod inputs;
+mod limits;
+mod oauth;
 pub mod ranges;
+mod route;
+mod secrets;
+mod server;
+mod source;
+#[cfg(test)]
+mod tests;
+mod timeouts;
+mod trust;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -17,12 +40,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use diag::{Problem, Problems};
+pub use file::UnknownWord;
+pub use inputs::{Inputs, System};
 pub use ranges::IpSet;
+pub use trust::{parse_pin, BadPin};
 
-use crate::identity::IdentityRule;
 use crate::sfid::SfId;
 
 /// A whole, validated configuration: what one policy generation enforces.
@@ -45,8 +70,10 @@ pub struct Server {
     pub listen: Vec<SocketAddr>,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
-    /// The parsed chain, leaf first, and its key (checked to belong together).
-    pub certified_key: Arc<rustls::sign::CertifiedKey>,
+    /// The parsed chain, leaf first (every certificate parsed by x509-parser).
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// Its private key, checked to belong to the leaf. `Debug` prints no key material.
+    pub cert_key: PrivateKeyDer<'static>,
     /// `not_after` of the leaf (Unix seconds), for the expiry metric.
     pub cert_not_after: i64,
     pub cert_subject: String,
@@ -157,7 +184,8 @@ pub struct Route {
     /// can ever be read on behalf of another message (see upstream.rs).
     pub upstream_keepalive: bool,
     pub max_inflight: usize,
-    pub identity: Option<IdentityRule>,
+    /// `[identity]`, checked by the identity stage (`rule.check(&peer)`, see identity.rs).
+    pub identity: Option<IdentityPolicy>,
     /// The effective source ranges (the route's own, or the global `[source] allow`).
     pub source: IpSet,
     pub message: MessagePolicy,
@@ -187,12 +215,47 @@ pub struct MessagePolicy {
     pub actions: Option<HashSet<SfId>>,
     pub max_body_bytes: usize,
     pub session_id: SessionMode,
-    pub xml: crate::soap::Limits,
+    pub xml: XmlLimits,
 }
 
-/// What a route does with a SessionId that has a value.
+/// A route's `[identity]` table as data: every listed condition must hold. The identity stage
+/// (identity.rs) implements the check, as `IdentityRule`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdentityPolicy {
+    /// Accepted subject common names (compared case-insensitively).
+    pub subject_cn: Vec<String>,
+    /// Accepted certificates: SHA-256 of the DER.
+    pub pins: Vec<[u8; 32]>,
+}
+
+/// Bounds on the XML of a notification or an answer, enforced by the SOAP parser (which uses
+/// this type as `soap::Limits`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XmlLimits {
+    /// Deepest element nesting (the Envelope is depth 1).
+    pub max_depth: usize,
+    /// Most attributes (namespace declarations included) on one element.
+    pub max_attributes: usize,
+    /// Most `Notification` elements in one message (Salesforce sends at most 100).
+    pub max_notifications: usize,
+}
+
+impl Default for XmlLimits {
+    fn default() -> Self {
+        XmlLimits {
+            max_depth: defaults::MAX_DEPTH.value() as usize,
+            max_attributes: defaults::MAX_ATTRIBUTES.value() as usize,
+            max_notifications: defaults::MAX_NOTIFICATIONS,
+        }
+    }
+}
+
+/// What a route does with a SessionId that has a value (`message.session_id`; the words are
+/// listed once, in file.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum SessionMode {
+    #[default]
     Strip,
     Remove,
     Reject,
@@ -248,7 +311,16 @@ impl Config {
 
 /// Load and validate `obmguard.toml` and every policy it names.
 pub fn load(path: &Path) -> Result<Config, Problems> {
-    build::load(path, None)
+    build::load(&System, path, None)
+}
+
+/// As [`load_with_ranges`], reading files and environment variables through `io`.
+pub fn load_from(
+    io: &dyn Inputs,
+    path: &Path,
+    refreshed: Option<&ranges::SalesforceRanges>,
+) -> Result<Config, Problems> {
+    build::load(io, path, refreshed)
 }
 
 /// As [`load`], with `@salesforce` taken from a set the periodic refresh fetched (used only
@@ -257,5 +329,5 @@ pub fn load_with_ranges(
     path: &Path,
     refreshed: Option<&ranges::SalesforceRanges>,
 ) -> Result<Config, Problems> {
-    build::load(path, refreshed)
+    build::load(&System, path, refreshed)
 }

@@ -46,26 +46,9 @@ pub use fault::{fault, FaultCode};
 pub use notification::{parse, Message, SessionIdState};
 pub use rewrite::{rewrite, CallbackUrls, RewriteError, SessionRewrite};
 
-/// Bounds on what a request or answer may contain. Exceeding one refuses the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Deepest element nesting (the Envelope is depth 1).
-    pub max_depth: usize,
-    /// Most attributes (namespace declarations included) on one element.
-    pub max_attributes: usize,
-    /// Most `Notification` elements in one message (Salesforce sends at most 100).
-    pub max_notifications: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_depth: 64,
-            max_attributes: 32,
-            max_notifications: 100,
-        }
-    }
-}
+/// Bounds on a document: defined with the route's other settings (and their defaults) in
+/// configuration, which holds them as plain data.
+pub use crate::config::XmlLimits as Limits;
 
 /// Why a body was refused. Messages give a byte offset so an operator can find the spot in a
 /// captured body; they never quote character data (a session id could be in it), only names.

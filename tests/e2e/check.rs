@@ -115,6 +115,11 @@ fn invalid_configuration_lists_every_problem_with_file_line_and_key() {
         ),
         ("ends EAK".to_string(), "checksum advice"),
         ("already routed by".to_string(), "two routes on one path"),
+        (
+            "h.toml:2: path: path /obm/g is already routed by ".to_string(),
+            "the second path's line",
+        ),
+        ("g.toml:2: one path".to_string(), "the first path's line"),
         ("c.toml".to_string(), "unknown key"),
         ("unknown field `colour`".to_string(), "unknown key message"),
         ("d.toml:4".to_string(), "wrong type line"),
