@@ -102,6 +102,15 @@ impl Generation {
     }
 }
 
+/// Why a runtime could not be built, or a new policy set not put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Audit(crate::audit::AuditError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// What a new connection takes once: the generation in force and its TLS acceptor.
 pub struct InForce {
     pub generation: Arc<Generation>,
@@ -142,9 +151,9 @@ pub struct Runtime {
 
 impl Runtime {
     /// Build the runtime around a first, already validated configuration.
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Runtime>, String> {
-        let audit = AuditLog::open(&config.server.audit_log).map_err(|e| e.to_string())?;
-        let sc = crate::tls::server_config(&config, metrics.clone()).map_err(|e| e.to_string())?;
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Runtime>, RuntimeError> {
+        let audit = AuditLog::open(&config.server.audit_log).map_err(RuntimeError::Audit)?;
+        let sc = crate::tls::server_config(&config, metrics.clone())?;
         let m = metrics.clone();
         let tokens = TokenBroker::new(Arc::new(move |outcome: FetchOutcome, took: Duration| {
             m.observe_token_fetch(outcome.label(), took);
@@ -183,9 +192,8 @@ impl Runtime {
 
     /// Validate-then-swap: build the TLS configuration for `config` and, only if that works,
     /// make it the generation in force. Returns the new generation number.
-    pub fn apply(&self, config: Config) -> Result<u64, String> {
-        let sc =
-            crate::tls::server_config(&config, self.metrics.clone()).map_err(|e| e.to_string())?;
+    pub fn apply(&self, config: Config) -> Result<u64, RuntimeError> {
+        let sc = crate::tls::server_config(&config, self.metrics.clone())?;
         let old = self.current();
         for note in restart_notes(&old.config, &config) {
             tracing::warn!(

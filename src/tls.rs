@@ -351,7 +351,6 @@ fn classify(e: &pingora_core::Error) -> HandshakeFailure {
     }
 }
 
-/// The TLS stage: holds the current acceptor, swapped whole on reload.
 /// One generation's TLS acceptor (server certificate and client trust), swapped with the
 /// policy generation it belongs to: a connection is accepted and routed by the same set.
 pub struct TlsStage {
@@ -395,5 +394,64 @@ impl TlsStage {
         // still a refusal rather than a panic.
         let id = PeerIdentity::from_der(der).map_err(|_| HandshakeFailure::BadClientCert)?;
         Ok((tls, Arc::new(id)))
+    }
+}
+
+#[cfg(test)]
+mod handshake_kinds {
+    use super::*;
+    use pingora_core::ErrorType::TLSHandshakeFailure;
+
+    /// The handshake-failure kinds are read from the wording of rustls's and the OS's errors,
+    /// as pingora passes them on (`TLS accept() failed: {e}`). An upgrade that changes the
+    /// wording must fail here, not silently turn every failure into `protocol`.
+    #[test]
+    fn handshake_failure_kinds_follow_the_wording_pingora_passes_on() {
+        let via_pingora = |e: &dyn std::fmt::Display| {
+            classify(&pingora_core::Error::explain(
+                TLSHandshakeFailure,
+                format!("TLS accept() failed: {e}"),
+            ))
+        };
+        let io = |e: std::io::Error| via_pingora(&e);
+        let rustls_io =
+            |e: rustls::Error| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        assert_eq!(
+            rustls_io(rustls::Error::NoCertificatesPresented),
+            HandshakeFailure::NoClientCert
+        );
+        for cert in [
+            rustls::CertificateError::UnknownIssuer,
+            rustls::CertificateError::Expired,
+            rustls::CertificateError::NotValidYet,
+            rustls::CertificateError::BadSignature,
+            rustls::CertificateError::ApplicationVerificationFailure,
+        ] {
+            assert_eq!(
+                rustls_io(rustls::Error::InvalidCertificate(cert.clone())),
+                HandshakeFailure::BadClientCert,
+                "{cert:?}"
+            );
+        }
+        assert_eq!(
+            io(std::io::ErrorKind::UnexpectedEof.into()),
+            HandshakeFailure::Closed
+        );
+        assert_eq!(
+            io(std::io::Error::from_raw_os_error(104)),
+            HandshakeFailure::Closed,
+            "ECONNRESET"
+        );
+        assert_eq!(
+            io(std::io::Error::from_raw_os_error(32)),
+            HandshakeFailure::Closed,
+            "EPIPE"
+        );
+        assert_eq!(
+            rustls_io(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::NoCipherSuitesInCommon
+            )),
+            HandshakeFailure::Protocol
+        );
     }
 }
