@@ -29,6 +29,7 @@ pub mod runtime;
 pub mod secret;
 pub mod sfid;
 pub mod soap;
+pub mod store;
 pub mod testkit;
 pub mod tls;
 pub mod token;
