@@ -299,6 +299,11 @@ pub trait Store: Send + Sync {
     /// route for this organization less than `dedupe_window` before `m.accepted_at` is a
     /// `Duplicate`; otherwise its ids are recorded as accepted in the same transaction
     /// (a partial overlap is stored, and refreshes the overlapping entries).
+    ///
+    /// A message with no route, organization id or Notification Id is a caller's bug:
+    /// `StoreError::Invalid`. If the caller stops waiting (its future is dropped) once the
+    /// write was queued, the message may still be stored: delivery stays at least once, and
+    /// Salesforce's retry of it is then a duplicate.
     async fn admit(
         &self,
         m: NewMessage,

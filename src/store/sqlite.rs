@@ -322,6 +322,13 @@ impl Store for SqliteStore {
         dedupe_window: Option<Duration>,
         bounds: &Bounds,
     ) -> Result<Admission, StoreError> {
+        if m.route.is_empty() || m.organization_id.is_empty() || m.notification_ids.is_empty() {
+            return Err(StoreError::Invalid(
+                "a message to store needs a route, an organization id and at least one \
+                 Notification Id"
+                    .into(),
+            ));
+        }
         let bounds = *bounds;
         let ids = serde_json::to_string(&m.notification_ids)
             .map_err(|e| StoreError::Other(format!("cannot encode notification ids: {e}")))?;

@@ -1468,6 +1468,24 @@ async fn a_file_at_its_ceiling_behaves_like_a_full_disk() {
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
 }
 
+#[tokio::test]
+async fn a_message_without_notifications_is_a_callers_bug() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    for m in [
+        msg("orders", &[], "<x/>", t(0)),
+        msg("", &[1], "<x/>", t(0)),
+    ] {
+        let err = store
+            .admit(m, Some(WINDOW), &Bounds::unbounded())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+        assert!(!err.is_environmental());
+    }
+    assert!(store.list(&Filter::default()).await.unwrap().is_empty());
+}
+
 #[test]
 fn errors_say_what_to_do() {
     assert_eq!(
