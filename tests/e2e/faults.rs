@@ -9,9 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 use crate::ops::wait_for;
-use obmguard::testkit::messages::SESSION_ID;
-use obmguard::testkit::receiver::{Behaviour, Receiver};
-use obmguard::testkit::token_server::{Mode, TokenServer, TokenServerConfig};
+use obmguard_testkit::messages::SESSION_ID;
+use obmguard_testkit::receiver::{Behaviour, Receiver};
+use obmguard_testkit::token_server::{Mode, TokenServer, TokenServerConfig};
 
 /// Read until the peer closes (Ok) or the generous hang bound passes (Err).
 async fn closed_by_peer(s: &mut (impl AsyncReadExt + Unpin)) -> Result<(), &'static str> {
@@ -195,7 +195,7 @@ async fn a_hanging_token_endpoint_slows_no_other_route() {
     let p = Proxy::start(&w, &s).await;
     let (addr, client, body) = (p.addr, w.salesforce(), notification(Some(SESSION_ID)));
     let stuck = tokio::spawn(async move {
-        obmguard::testkit::client::post_once(addr, &client, "/inject", &body)
+        obmguard_testkit::client::post_once(addr, &client, "/inject", &body)
             .await
             .unwrap()
             .status
@@ -270,7 +270,7 @@ async fn reloads_under_traffic_lose_nothing() {
         for i in 0..40 {
             let body = notification(if i % 2 == 0 { Some(SESSION_ID) } else { None });
             statuses.push(
-                obmguard::testkit::client::post_once(addr, &client, "/a", &body)
+                obmguard_testkit::client::post_once(addr, &client, "/a", &body)
                     .await
                     .unwrap()
                     .status,
@@ -304,7 +304,7 @@ async fn sigterm_drains_in_flight_messages_then_exits_cleanly() {
     .await;
     let (addr, client, body) = (p.addr, w.salesforce(), notification(None));
     let inflight = tokio::spawn(async move {
-        obmguard::testkit::client::post_once(addr, &client, "/a", &body).await
+        obmguard_testkit::client::post_once(addr, &client, "/a", &body).await
     });
     while recv.count() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -9,11 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use obmguard::testkit::client::{post_once, Connection, Response, TlsClientConfig};
-use obmguard::testkit::messages::Sample;
-use obmguard::testkit::pki::{Identity, Pki};
+use obmguard_testkit::client::{post_once, Connection, Response, TlsClientConfig};
+use obmguard_testkit::messages::Sample;
+use obmguard_testkit::pki::{Identity, Pki};
 
-pub const ORG: &str = obmguard::testkit::messages::ORG_ID;
+pub const ORG: &str = obmguard_testkit::messages::ORG_ID;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -275,7 +275,7 @@ impl Drop for Proxy {
     }
 }
 
-pub use obmguard::testkit::client::admin_get as http_get;
+pub use obmguard_testkit::client::admin_get as http_get;
 
 /// The value of one metric series from the text exposition (`name{labels}` as printed).
 pub fn metric(text: &str, series: &str) -> f64 {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::harness::*;
-use obmguard::testkit::messages::{Sample, SESSION_ID};
-use obmguard::testkit::receiver::{Behaviour, Receiver};
+use obmguard_testkit::messages::{Sample, SESSION_ID};
+use obmguard_testkit::receiver::{Behaviour, Receiver};
 
 const SECRET_PART: &str = "AQ4AQFakeSessionValue";
 
@@ -235,7 +235,7 @@ async fn certificate_rotation_applies_to_new_connections_while_an_open_one_compl
 }
 
 /// One notification on an open connection; its status.
-async fn status_on(c: &mut obmguard::testkit::client::Connection) -> u16 {
+async fn status_on(c: &mut obmguard_testkit::client::Connection) -> u16 {
     c.post_soap("/a", &notification(None), &[])
         .await
         .unwrap()

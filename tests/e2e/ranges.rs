@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use obmguard::testkit::file_server::FileServer;
-use obmguard::testkit::pki::server_config;
+use obmguard_testkit::file_server::FileServer;
+use obmguard_testkit::pki::server_config;
 
 /// Salesforce's file of 2 February 2025, verbatim (21 Hyperforce prefixes).
 const SAMPLE: &str = include_str!("../data/ip-ranges.2025-02-02.json");
