@@ -51,7 +51,7 @@ fi
 
 if [ -z "${OBMGUARD_BIN:-}" ]; then
     echo "== building obmguard (release)"
-    (cd "$repo" && cargo build --release --locked --bin obmguard)
+    (cd "$repo" && cargo build --release --locked -p obmguard --bin obmguard)
 fi
 
 if [ "$(nproc)" -lt 2 ]; then

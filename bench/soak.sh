@@ -13,6 +13,6 @@ repo="$(dirname "$here")"
 command -v nginx >/dev/null || { echo "nginx missing: run bench/run.sh once, or apt-get install nginx-light" >&2; exit 1; }
 if [ -z "${OBMGUARD_BIN:-}" ]; then
     echo "== building obmguard (release)"
-    (cd "$repo" && cargo build --release --locked --bin obmguard)
+    (cd "$repo" && cargo build --release --locked -p obmguard --bin obmguard)
 fi
 exec python3 "$here/soak.py" "$@"

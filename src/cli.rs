@@ -1,8 +1,10 @@
-//! The command line: `serve`, `check`, `token`, `report`, `import-ranges` (and `demo`).
+//! The command line: `serve`, `check`, `token`, `report`, `import-ranges`. The demo and the
+//! sample receiver are another binary (`obmguard-demo`), which runs the proxy through
+//! [`ServeArgs`] and [`crate::commands::serve`].
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,22 +26,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// The arguments of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "obmguard.toml")]
+    pub config: PathBuf,
+    /// Take over the listening sockets of a running obmguard (pingora graceful upgrade;
+    /// send SIGQUIT to the old process after starting this one).
+    #[arg(long)]
+    pub upgrade: bool,
+    /// Unix socket used to hand listening sockets over during an upgrade. Its directory
+    /// must exist and must not be writable by other users (whoever binds the socket first
+    /// receives the listening sockets).
+    #[arg(long, default_value = "/run/obmguard/upgrade.sock")]
+    pub upgrade_sock: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
-    Serve {
-        #[arg(long, default_value = "obmguard.toml")]
-        config: PathBuf,
-        /// Take over the listening sockets of a running obmguard (pingora graceful upgrade;
-        /// send SIGQUIT to the old process after starting this one).
-        #[arg(long)]
-        upgrade: bool,
-        /// Unix socket used to hand listening sockets over during an upgrade. Its directory
-        /// must exist and must not be writable by other users (whoever binds the socket first
-        /// receives the listening sockets).
-        #[arg(long, default_value = "/run/obmguard/upgrade.sock")]
-        upgrade_sock: String,
-    },
+    Serve(ServeArgs),
     /// Validate the configuration exactly as `serve` would, open every file it names, and
     /// exit non-zero on any error.
     Check {
@@ -64,18 +70,6 @@ pub enum Command {
         /// Write the report to this file instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
-    },
-    /// Run a self-contained demonstration on loopback: throw-away PKI, a sample legacy
-    /// receiver, a token endpoint, the proxy, and notifications sent the way Salesforce does.
-    Demo {
-        /// Leave everything running and print curl lines to try.
-        #[arg(long)]
-        keep_running: bool,
-    },
-    /// Run the sample legacy receiver (answers Ack, logs the SessionId it received).
-    SampleReceiver {
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        listen: std::net::SocketAddr,
     },
     /// Fetch (or read) Salesforce's ip-ranges.json, check it against the copy in force, show
     /// what it adds and removes, and write it where @salesforce reads it.

@@ -11,7 +11,7 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
-use crate::cli::{Command, LogFormat};
+use crate::cli::{Command, LogFormat, ServeArgs};
 use crate::config::{self, Config};
 use crate::lifecycle::{DrainOnSignal, ReadyProbe};
 use crate::metrics::Metrics;
@@ -32,13 +32,10 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Run one subcommand; returns the process exit code.
 pub fn run(cmd: Command) -> i32 {
     match cmd {
-        Command::Serve {
-            config,
-            upgrade,
-            upgrade_sock,
-        } => serve(&config, upgrade, upgrade_sock),
+        Command::Serve(args) => serve(args),
         Command::Check { config } => check(&config),
         Command::Token { config, route } => token(&config, &route),
         Command::Report { audit, format, out } => report(&audit, format, out.as_deref()),
@@ -59,8 +56,6 @@ pub fn run(cmd: Command) -> i32 {
             force,
             dry_run,
         }),
-        Command::Demo { keep_running } => crate::demo::run(keep_running),
-        Command::SampleReceiver { listen } => crate::demo::sample_receiver(listen),
     }
 }
 
@@ -181,7 +176,16 @@ fn check_upgrade_sock(sock: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(path: &Path, upgrade: bool, upgrade_sock: String) -> i32 {
+/// `serve`: run the proxy until SIGTERM (drain) or SIGINT; returns the process exit code.
+/// Blocks the calling thread (pingora runs its own runtimes), so call it from a process of its
+/// own, as `obmguard serve` and the demo's proxy child do.
+pub fn serve(args: ServeArgs) -> i32 {
+    let ServeArgs {
+        config,
+        upgrade,
+        upgrade_sock,
+    } = args;
+    let path = config.as_path();
     let Some(cfg) = load_or_print(path) else {
         return 2;
     };

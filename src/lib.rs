@@ -1,6 +1,7 @@
 //! obmguard: a verifying reverse proxy for Salesforce Outbound Messages.
 //!
-//! The modules follow a message through the proxy; `proxy` holds the phase chart.
+//! The modules follow a message through the proxy; `proxy` holds the phase chart. `cli` and
+//! `commands` are the command line; `obmguard-demo` reuses them to run the proxy it shows.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -10,7 +11,6 @@ pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod head;
 pub mod identity;
 pub mod inject;
@@ -30,7 +30,6 @@ pub mod secret;
 pub mod sfid;
 pub mod soap;
 pub mod store;
-pub mod testkit;
 pub mod tls;
 pub mod token;
 pub mod upstream;

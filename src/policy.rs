@@ -92,7 +92,7 @@ mod tests {
     }
 
     fn msg(org: &str, session: &str) -> Message {
-        let body = crate::testkit::messages::Sample {
+        let body = obmguard_testkit::messages::Sample {
             org_id: org.into(),
             session_id: (!session.is_empty()).then(|| session.to_string()),
             ..Default::default()

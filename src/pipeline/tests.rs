@@ -20,10 +20,10 @@ use crate::record::Facts;
 use crate::runtime::Generation;
 use crate::secret::Secret;
 use crate::soap::SessionIdState;
-use crate::testkit::messages::{Sample, SESSION_ID};
-use crate::testkit::pki::Pki;
 use crate::token::{Token, TokenError, TokenProvider};
 use crate::upstream::Report;
+use obmguard_testkit::messages::{Sample, SESSION_ID};
+use obmguard_testkit::pki::Pki;
 
 const NOW: i64 = 1_900_000_000;
 
@@ -135,7 +135,7 @@ struct World {
 fn route(name: &str, mode: &str, extra: &str) -> String {
     format!(
         "name = \"{name}\"\npath = \"/{name}\"\nupstream = \"http://127.0.0.1:9/{name}\"\n{extra}\n[message]\norganization_ids = [\"{}\"]\nsession_id = \"{mode}\"\n",
-        crate::testkit::messages::ORG_ID
+        obmguard_testkit::messages::ORG_ID
     )
 }
 

@@ -265,9 +265,9 @@ impl TokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::token_server::Mode;
     use crate::token::tests::{client_credentials, server};
     use crate::token::ClientAuth;
+    use obmguard_testkit::token_server::Mode;
 
     fn source(settings: &OAuthSettings) -> Arc<TokenSource> {
         TokenBroker::new(Arc::new(|_, _| {})).source(settings)

@@ -7,7 +7,9 @@ use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 
 use super::*;
-use crate::testkit::token_server::{JwtExpectations, Mode, TokenServer, TokenServerConfig};
+use obmguard_testkit::token_server::{
+    self as ts, JwtExpectations, Mode, TokenServer, TokenServerConfig,
+};
 
 const CLIENT_ID: &str = "3MVG9fake.consumer.key";
 const CLIENT_SECRET: &str = "s3cr3t-Value&with=odd:chars";
@@ -132,7 +134,7 @@ async fn client_credentials_in_body_yield_the_issued_token() {
 
 #[tokio::test]
 async fn client_credentials_with_basic_auth_are_accepted() {
-    let server = server(|c| c.client_auth = ClientAuth::Basic).await;
+    let server = server(|c| c.client_auth = ts::ClientAuth::Basic).await;
     let token = source(&client_credentials(server.url(), ClientAuth::Basic))
         .token()
         .await
@@ -145,7 +147,7 @@ async fn client_credentials_with_basic_auth_are_accepted() {
 
 #[tokio::test]
 async fn secret_in_body_is_refused_by_a_basic_only_endpoint() {
-    let server = server(|c| c.client_auth = ClientAuth::Basic).await;
+    let server = server(|c| c.client_auth = ts::ClientAuth::Basic).await;
     let err = source(&client_credentials(server.url(), ClientAuth::Body))
         .token()
         .await
@@ -453,7 +455,7 @@ async fn logs_never_contain_the_token_or_secret() {
         .with_max_level(tracing::Level::TRACE)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let server = server(|c| c.client_auth = ClientAuth::Basic).await;
+    let server = server(|c| c.client_auth = ts::ClientAuth::Basic).await;
     let source = source(&client_credentials(server.url(), ClientAuth::Basic));
     let _ = source.token().await;
     let token = source.fetch_once().await;

@@ -218,51 +218,209 @@ fn compose_defines_the_proxy_the_receiver_and_prometheus() {
         .starts_with("prom/prometheus"));
 }
 
+/// The Dockerfile stage each service is built from, the image it is tagged as, and the binary
+/// that stage runs.
+const IMAGES: &[(&str, &str, &str, &str)] = &[
+    ("obmguard", "obmguard", "obmguard:local", "obmguard"),
+    ("receiver", "demo", "obmguard-demo:local", "obmguard-demo"),
+];
+
 #[test]
 fn the_commands_compose_runs_exist_in_the_cli() {
+    use clap::Parser;
     let c = compose();
-    for name in ["obmguard", "receiver"] {
-        let cmd = words(&service(&c, name)["command"]);
-        let out = Command::new(env!("CARGO_BIN_EXE_obmguard"))
-            .arg(&cmd[0])
-            .arg("--help")
-            .output()
-            .unwrap();
+    let proxy = words(&service(&c, "obmguard")["command"]);
+    let parsed = obmguard::cli::Cli::try_parse_from(
+        std::iter::once("obmguard").chain(proxy.iter().map(String::as_str)),
+    );
+    assert!(
+        matches!(
+            parsed,
+            Ok(obmguard::cli::Cli {
+                command: obmguard::cli::Command::Serve(_),
+                ..
+            })
+        ),
+        "`obmguard {}` is not a serve command: {parsed:?}",
+        proxy.join(" ")
+    );
+    // The real binary agrees with its library's parser.
+    let out = Command::new(env!("CARGO_BIN_EXE_obmguard"))
+        .arg(&proxy[0])
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "obmguard has no subcommand {:?}",
+        proxy[0]
+    );
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in proxy.iter().filter(|w| w.starts_with("--")) {
         assert!(
-            out.status.success(),
-            "obmguard has no subcommand {:?}",
-            cmd[0]
+            help.contains(flag.as_str()),
+            "`obmguard {}` has no {flag}",
+            proxy[0]
         );
-        let help = String::from_utf8_lossy(&out.stdout);
-        for flag in cmd.iter().filter(|w| w.starts_with("--")) {
-            assert!(
-                help.contains(flag.as_str()),
-                "`obmguard {}` has no {flag}",
-                cmd[0]
-            );
-        }
     }
+
+    // The receiver runs obmguard-demo (its own image), parsed with that binary's command line.
+    let receiver = words(&service(&c, "receiver")["command"]);
+    let parsed = obmguard_demo::cli::Cli::try_parse_from(
+        std::iter::once("obmguard-demo").chain(receiver.iter().map(String::as_str)),
+    )
+    .map(obmguard_demo::cli::Cli::into_command);
+    assert!(
+        matches!(
+            parsed,
+            Ok(obmguard_demo::cli::Command::SampleReceiver { listen }) if listen.ip().is_unspecified()
+        ),
+        "`obmguard-demo {}` is not a sample receiver listening on all addresses: {parsed:?}",
+        receiver.join(" ")
+    );
 }
 
 #[test]
-fn proxy_and_receiver_build_from_the_repository_dockerfile() {
-    let c = compose();
-    for name in ["obmguard", "receiver"] {
-        let build = &service(&c, name)["build"];
-        let context = build.as_str().or_else(|| build["context"].as_str());
-        assert_eq!(
-            context,
-            Some("."),
-            "{name} must build from the repository root"
+fn the_product_has_no_demo_or_sample_receiver_command() {
+    for gone in ["demo", "sample-receiver"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_obmguard"))
+            .args([gone, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "obmguard still has `{gone}`: it is obmguard-demo's"
         );
     }
-    assert!(
-        repo().join("Dockerfile").is_file(),
-        "./Dockerfile is missing"
+}
+
+/// One `FROM <base> [AS <name>]` stage of the Dockerfile, its instructions with continuation
+/// lines joined.
+struct Stage {
+    name: String,
+    base: String,
+    instructions: Vec<String>,
+}
+
+fn dockerfile_stages() -> Vec<Stage> {
+    let text = read("Dockerfile");
+    let mut joined = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                joined.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let mut stages: Vec<Stage> = Vec::new();
+    for ins in joined {
+        if let Some(from) = ins.strip_prefix("FROM ") {
+            let w: Vec<&str> = from.split_whitespace().collect();
+            let name = match w.as_slice() {
+                [_, as_, name] if as_.eq_ignore_ascii_case("as") => name.to_string(),
+                _ => String::new(),
+            };
+            stages.push(Stage {
+                name,
+                base: w[0].to_string(),
+                instructions: Vec::new(),
+            });
+        } else if let Some(stage) = stages.last_mut() {
+            stage.instructions.push(ins);
+        }
+    }
+    stages
+}
+
+/// The stages `docker build --target <target>` runs, the target first: its base chain and the
+/// stages it copies from, transitively (BuildKit skips all others).
+fn stages_built_for<'a>(stages: &'a [Stage], target: &str) -> Vec<&'a Stage> {
+    let by_name = |n: &str| stages.iter().find(|s| s.name == n);
+    let first = by_name(target).unwrap_or_else(|| panic!("no Dockerfile stage {target}"));
+    let mut todo = vec![first];
+    let mut out: Vec<&Stage> = Vec::new();
+    while let Some(s) = todo.pop() {
+        if out.iter().any(|o| std::ptr::eq(*o, s)) {
+            continue;
+        }
+        out.push(s);
+        todo.extend(by_name(&s.base));
+        for ins in s.instructions.iter().filter(|i| i.starts_with("COPY ")) {
+            if let Some(from) = ins
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("--from="))
+            {
+                todo.push(
+                    by_name(from).unwrap_or_else(|| panic!("COPY --from={from}: no such stage")),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn each_image_builds_only_the_binary_it_runs() {
+    let c = compose();
+    let stages = dockerfile_stages();
+    assert_eq!(
+        stages.last().map(|s| s.name.as_str()),
+        Some("obmguard"),
+        "a plain `docker build .` must make the proxy image: its stage comes last"
     );
-    let dockerfile = read("Dockerfile");
-    assert!(dockerfile.contains("cargo build --release --locked"));
-    assert!(dockerfile.contains(r#"ENTRYPOINT ["obmguard"]"#));
+    for (service_name, target, image, binary) in IMAGES {
+        let svc = service(&c, service_name);
+        assert_eq!(
+            svc["build"]["context"].as_str(),
+            Some("."),
+            "{service_name} must build from the repository root"
+        );
+        assert_eq!(
+            svc["build"]["target"].as_str(),
+            Some(*target),
+            "{service_name}: Dockerfile stage"
+        );
+        assert_eq!(
+            svc["image"].as_str(),
+            Some(*image),
+            "{service_name}: image tag"
+        );
+
+        let built = stages_built_for(&stages, target);
+        let builds: Vec<&str> = built
+            .iter()
+            .flat_map(|s| &s.instructions)
+            .filter(|i| i.contains("cargo build"))
+            .map(String::as_str)
+            .collect();
+        let want = format!("cargo build --release --locked -p {binary} --bin {binary} ");
+        assert!(
+            builds.len() == 1 && builds[0].contains(&want),
+            "stage {target} must build exactly `{}`, not {builds:?}",
+            want.trim_end()
+        );
+        let image_stage = built[0];
+        let entrypoint = format!("ENTRYPOINT [\"{binary}\"]");
+        assert!(
+            image_stage.instructions.contains(&entrypoint),
+            "stage {target} must run {binary}"
+        );
+        assert!(
+            image_stage
+                .instructions
+                .iter()
+                .any(|i| i.starts_with("USER ") && !i.contains("root")),
+            "stage {target} must not run as root"
+        );
+    }
+
     let ignore = read(".dockerignore");
     for never in ["target", "secrets", "certs/*.key"] {
         assert!(

@@ -1,8 +1,8 @@
 //! The proxy core: mTLS, source admission, routing, refusals, upstream failures.
 
 use crate::harness::*;
-use obmguard::testkit::client::TlsVersion;
-use obmguard::testkit::receiver::{Behaviour, Receiver};
+use obmguard_testkit::client::TlsVersion;
+use obmguard_testkit::receiver::{Behaviour, Receiver};
 
 async fn basic(w: &World, recv: &Receiver, mode: &str) -> Proxy {
     let s = Setup::new(w).route(
@@ -213,9 +213,7 @@ async fn source_ranges_are_enforced_before_tls_and_per_route() {
     );
 }
 
-async fn spoof(
-    c: &mut obmguard::testkit::client::Connection,
-) -> obmguard::testkit::client::Response {
+async fn spoof(c: &mut obmguard_testkit::client::Connection) -> obmguard_testkit::client::Response {
     let body = notification(None);
     let head = format!(
         "POST /sf HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nX-Forwarded-For: 203.0.113.5\r\nX-Real-IP: 203.0.113.5\r\nForwarded: for=203.0.113.5\r\nContent-Length: {}\r\n\r\n",
@@ -332,7 +330,7 @@ async fn health_and_readiness() {
 #[tokio::test(flavor = "multi_thread")]
 async fn https_upstream_is_verified_against_the_policy_ca() {
     let w = World::new();
-    let tls = obmguard::testkit::pki::server_config(&w.pki.server, None).unwrap();
+    let tls = obmguard_testkit::pki::server_config(&w.pki.server, None).unwrap();
     let recv = Receiver::start_tls(Behaviour::Ack, tls).await.unwrap();
     let url = recv.url("/soap");
     assert!(url.starts_with("https://"));

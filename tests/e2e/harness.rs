@@ -9,11 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use obmguard::testkit::client::{post_once, Connection, Response, TlsClientConfig};
-use obmguard::testkit::messages::Sample;
-use obmguard::testkit::pki::{Identity, Pki};
+use obmguard_testkit::client::{post_once, Connection, Response, TlsClientConfig};
+use obmguard_testkit::messages::Sample;
+use obmguard_testkit::pki::{Identity, Pki};
 
-pub const ORG: &str = obmguard::testkit::messages::ORG_ID;
+pub const ORG: &str = obmguard_testkit::messages::ORG_ID;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -174,7 +174,7 @@ impl Proxy {
         let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let l = logs.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut g = l.lock().unwrap();
                 g.push_str(&line);
@@ -192,6 +192,8 @@ impl Proxy {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = p.child.try_wait() {
+                // Every line it wrote is read once the pipe closes.
+                let _ = reader.join();
                 return Err(format!("obmguard exited with {status}:\n{}", p.logs()));
             }
             if let Ok((200, _)) = p.get("/readyz").await {
@@ -206,6 +208,19 @@ impl Proxy {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// The logs once they contain `needle` (lines arrive through a pipe and a reader thread,
+    /// a moment after the event), or as they are after 5 s.
+    pub fn logs_with(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) || start.elapsed() > Duration::from_secs(5) {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -275,7 +290,7 @@ impl Drop for Proxy {
     }
 }
 
-pub use obmguard::testkit::client::admin_get as http_get;
+pub use obmguard_testkit::client::admin_get as http_get;
 
 /// The value of one metric series from the text exposition (`name{labels}` as printed).
 pub fn metric(text: &str, series: &str) -> f64 {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real obmguard binary, real TLS with certificates generated at test
 //! time, a real HTTP receiver and token endpoint, all on loopback. One binary, a module per
-//! stage or concern, sharing one harness.
+//! stage or concern, sharing one harness. (The demo's test runs the `obmguard-demo` binary, so
+//! it lives in that crate: crates/demo/tests/demo.rs.)
 
 mod axis;
 mod harness;
@@ -8,7 +9,6 @@ mod harness;
 mod check;
 mod compose;
 mod core;
-mod demo;
 mod faults;
 mod monitoring;
 mod oauth;

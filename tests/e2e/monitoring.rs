@@ -9,11 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use obmguard::testkit::file_server::FileServer;
-use obmguard::testkit::messages::SESSION_ID;
-use obmguard::testkit::pki::server_config;
-use obmguard::testkit::receiver::{Behaviour, Receiver};
-use obmguard::testkit::token_server::{TokenServer, TokenServerConfig};
+use obmguard_testkit::file_server::FileServer;
+use obmguard_testkit::messages::SESSION_ID;
+use obmguard_testkit::pki::server_config;
+use obmguard_testkit::receiver::{Behaviour, Receiver};
+use obmguard_testkit::token_server::{TokenServer, TokenServerConfig};
 use yaml_rust2::YamlLoader;
 
 fn repo(rel: &str) -> PathBuf {

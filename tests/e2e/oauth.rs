@@ -1,9 +1,9 @@
 //! Inject mode against a real HTTP token endpoint that answers like Salesforce.
 
 use crate::harness::*;
-use obmguard::testkit::messages::SESSION_ID;
-use obmguard::testkit::receiver::{Behaviour, Receiver};
-use obmguard::testkit::token_server::{JwtExpectations, Mode, TokenServer, TokenServerConfig};
+use obmguard_testkit::messages::SESSION_ID;
+use obmguard_testkit::receiver::{Behaviour, Receiver};
+use obmguard_testkit::token_server::{JwtExpectations, Mode, TokenServer, TokenServerConfig};
 
 const CLIENT_ID: &str = "3MVG9-consumer-key";
 const SECRET: &str = "client-secret-s3cr3t-value-9f8e7d";
@@ -40,7 +40,7 @@ async fn env(header: bool) -> Env {
 }
 
 /// A Salesforce-like message with a session id on the inject route.
-async fn post_legacy(e: &Env) -> obmguard::testkit::client::Response {
+async fn post_legacy(e: &Env) -> obmguard_testkit::client::Response {
     e.p.post(
         &e.w.salesforce(),
         "/legacy",
@@ -123,7 +123,7 @@ async fn twenty_concurrent_messages_cause_one_token_request() {
     for _ in 0..20 {
         let (addr, client, body) = (e.p.addr, client.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            obmguard::testkit::client::post_once(addr, &client, "/legacy", &body)
+            obmguard_testkit::client::post_once(addr, &client, "/legacy", &body)
                 .await
                 .unwrap()
                 .status

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use obmguard::testkit::file_server::FileServer;
-use obmguard::testkit::pki::server_config;
+use obmguard_testkit::file_server::FileServer;
+use obmguard_testkit::pki::server_config;
 
 /// Salesforce's file of 2 February 2025, verbatim (21 Hyperforce prefixes).
 const SAMPLE: &str = include_str!("../data/ip-ranges.2025-02-02.json");
@@ -379,7 +379,8 @@ async fn serve_refreshes_the_ranges_and_admits_the_new_ones() {
     let status = p.status(&w.salesforce(), "/obm", &notification(None)).await;
     assert_eq!(status, 502, "{}", p.logs());
     assert!(
-        p.logs().contains("Salesforce ranges refreshed"),
+        p.logs_with("Salesforce ranges refreshed")
+            .contains("Salesforce ranges refreshed"),
         "{}",
         p.logs()
     );

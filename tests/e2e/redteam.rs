@@ -12,10 +12,10 @@ use tokio::net::TcpListener;
 
 use crate::axis::Axis;
 use crate::harness::*;
-use obmguard::testkit::client::Connection;
-use obmguard::testkit::messages::{Sample, SESSION_ID};
-use obmguard::testkit::receiver::{Behaviour, Receiver, ACK_BODY, NACK_BODY};
-use obmguard::testkit::token_server::{TokenServer, TokenServerConfig};
+use obmguard_testkit::client::Connection;
+use obmguard_testkit::messages::{Sample, SESSION_ID};
+use obmguard_testkit::receiver::{Behaviour, Receiver, ACK_BODY, NACK_BODY};
+use obmguard_testkit::token_server::{TokenServer, TokenServerConfig};
 
 const SECRET: &str = "00D5e000000AbCd!AQ4AQSmuggledSessionValueXYZ";
 const NIL: &str = r#"<SessionId xsi:nil="true"/>"#;
@@ -211,7 +211,7 @@ async fn inject_never_sends_a_token_beside_an_unverified_callback_url() {
                 let body = format!(
                     "{}{}{}",
                     &base[..start],
-                    obmguard::testkit::messages::escape(bad),
+                    obmguard_testkit::messages::escape(bad),
                     &base[end..]
                 );
                 let before = recv.count();
@@ -712,11 +712,7 @@ async fn megabyte_values_in_every_field_leave_the_log_and_the_audit_small() {
         ("ActionId", edit(&base, "04k5e000000XyZaAAK", &big)),
         (
             "SessionId",
-            edit(
-                &base,
-                &obmguard::testkit::messages::escape(SESSION_ID),
-                &big,
-            ),
+            edit(&base, &obmguard_testkit::messages::escape(SESSION_ID), &big),
         ),
         (
             "EnterpriseUrl",
@@ -825,7 +821,7 @@ async fn an_expired_client_certificate_stops_working_on_keep_alive_and_resumptio
     let served = recv.count();
     // Wait out the certificate.
     tokio::time::sleep(Duration::from_secs(
-        obmguard::testkit::pki::SHORT_LIVED_SECS as u64 + 2,
+        obmguard_testkit::pki::SHORT_LIVED_SECS as u64 + 2,
     ))
     .await;
     let r = kept

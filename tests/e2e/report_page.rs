@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::harness::*;
-use obmguard::testkit::messages::{Sample, SESSION_ID};
-use obmguard::testkit::receiver::{Behaviour, Receiver};
+use obmguard_testkit::messages::{Sample, SESSION_ID};
+use obmguard_testkit::receiver::{Behaviour, Receiver};
 use scraper::{ElementRef, Html, Selector};
 
 const LEGACY: &str = "04k5e000000Lgcy";

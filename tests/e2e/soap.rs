@@ -2,8 +2,8 @@
 //! reached the receiver, the session id policies, and that only a real Ack becomes 200.
 
 use crate::harness::*;
-use obmguard::testkit::messages::{Sample, SESSION_ID};
-use obmguard::testkit::receiver::{Behaviour, Receiver};
+use obmguard_testkit::messages::{Sample, SESSION_ID};
+use obmguard_testkit::receiver::{Behaviour, Receiver};
 
 struct Env {
     w: World,
@@ -191,7 +191,7 @@ async fn size_content_type_org_and_action_rules() {
     .await;
     // The 15-character form of the configured 18-character org id is the same org.
     let org15 = Sample {
-        org_id: obmguard::testkit::messages::ORG_ID_15.into(),
+        org_id: obmguard_testkit::messages::ORG_ID_15.into(),
         ..Sample::default()
     }
     .body();

@@ -1,17 +1,15 @@
-//! `obmguard demo` and `obmguard sample-receiver`.
+//! The demo: a guided tour that needs nothing but this binary and loopback.
 //!
-//! `demo` is a guided tour that needs nothing but this binary and loopback. It makes a
-//! throw-away PKI in a temporary directory, starts the test kit's sample legacy receiver (a real
-//! HTTP SOAP server) and token endpoint, writes a two-route configuration, starts the real proxy
-//! (this same binary, `serve`) as a child process, then sends notifications the way Salesforce
-//! does and checks both what Salesforce got and what the receiver saw. It exits 0 only when every
-//! scenario behaved as expected; `--keep-running` then leaves everything up for curl.
+//! It makes a throw-away PKI in a temporary directory, starts the test kit's sample legacy
+//! receiver (a real HTTP SOAP server) and token endpoint, writes a two-route configuration,
+//! starts the real proxy as a child process (this same executable, hidden subcommand
+//! `run-proxy`, which is `obmguard serve` from the obmguard library), then sends notifications
+//! the way Salesforce does and checks both what Salesforce got and what the receiver saw. It
+//! exits 0 only when every scenario behaved as expected; `--keep-running` then leaves
+//! everything up for curl.
 //!
-//! `sample-receiver` runs the same receiver on a given address, answering Ack and logging one
-//! line per message (docker-compose's "legacy receiver").
-//!
-//! Neither prints a session id or token in full, and neither is an exhaustive test (the
-//! integration tests are). Every key made here is a test key, deleted on exit.
+//! It never prints a session id or token in full, and it is not an exhaustive test (the
+//! end-to-end tests are). Every key made here is a test key, deleted on exit.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -19,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::metrics;
-use crate::testkit::client::{post_once, Response, TlsClientConfig};
-use crate::testkit::messages::{find_element, Sample, ORG_ID, SESSION_ID};
-use crate::testkit::pki::{Identity, Pki, PkiError, SALESFORCE_CN};
-use crate::testkit::receiver::{Behaviour, Received, Receiver};
-use crate::testkit::token_server::{TokenServer, TokenServerConfig};
+use obmguard::metrics;
+use obmguard_testkit::client::{post_once, Response, TlsClientConfig};
+use obmguard_testkit::messages::{find_element, Sample, ORG_ID, SESSION_ID};
+use obmguard_testkit::pki::{Identity, Pki, PkiError, SALESFORCE_CN};
+use obmguard_testkit::receiver::{Behaviour, Received, Receiver};
+use obmguard_testkit::token_server::{TokenServer, TokenServerConfig};
 
 const ACCOUNTS: &str = "/obm/accounts";
 const LEGACY: &str = "/obm/legacy";
@@ -125,49 +123,18 @@ struct Demo {
 
 /// Run the demo; returns the process exit code (0 all scenarios as expected, 1 some did not,
 /// 2 the demo could not run).
-pub fn run(keep_running: bool) -> i32 {
-    let Some(rt) = runtime("demo") else {
+pub(crate) fn run(keep_running: bool) -> i32 {
+    let Some(rt) = crate::runtime("demo") else {
         return 2;
     };
     match rt.block_on(demo(keep_running)) {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("obmguard demo: {e}");
+            eprintln!("obmguard-demo: {e}");
             2
         }
     }
-}
-
-/// Run the sample legacy receiver on `listen` until Ctrl-C or SIGTERM: answers Ack to every
-/// request and logs one line per message. Returns the process exit code.
-pub fn sample_receiver(listen: SocketAddr) -> i32 {
-    let Some(rt) = runtime("sample-receiver") else {
-        return 2;
-    };
-    rt.block_on(async {
-        let receiver = match Receiver::start_on(listen, Behaviour::Ack).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("obmguard sample-receiver: cannot listen on {listen}: {e}");
-                return 2;
-            }
-        };
-        receiver.set_logging(true);
-        tracing::info!(listen = %receiver.addr(), "sample legacy receiver: answering Ack to every request");
-        stop_signal().await;
-        0
-    })
-}
-
-fn runtime(command: &str) -> Option<tokio::runtime::Runtime> {
-    let built = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
-    built
-        .map_err(|e| eprintln!("obmguard {command}: cannot start the async runtime: {e}"))
-        .ok()
 }
 
 async fn demo(keep_running: bool) -> Result<bool, DemoError> {
@@ -274,7 +241,7 @@ impl Demo {
                 return Err(DemoError::NotReady { why, log });
             }
             if let Ok((200, _)) =
-                crate::testkit::client::admin_get(self.proxy.admin, "/readyz").await
+                obmguard_testkit::client::admin_get(self.proxy.admin, "/readyz").await
             {
                 return Ok(());
             }
@@ -353,7 +320,7 @@ impl Demo {
             ),
         ];
         println!("\nKey metrics (http://{}/metrics):", self.proxy.admin);
-        let text = match crate::testkit::client::admin_get(self.proxy.admin, "/metrics").await {
+        let text = match obmguard_testkit::client::admin_get(self.proxy.admin, "/metrics").await {
             Ok((200, text)) => text,
             other => {
                 println!("  unavailable: {other:?}");
@@ -414,7 +381,7 @@ impl Demo {
         println!("The receiver logs each message it gets. Ctrl-C stops everything and deletes the files.");
         self.receiver.set_logging(true);
         tokio::select! {
-            _ = stop_signal() => {}
+            _ = crate::stop_signal() => {}
             status = proxy_exit(&mut self.proxy.child) => {
                 println!("The proxy exited ({status}); its log:\n{}", read_or_empty(&self.proxy.log));
             }
@@ -478,11 +445,12 @@ fn spawn_proxy(
     addr: SocketAddr,
     admin: SocketAddr,
 ) -> Result<Proxy, DemoError> {
-    let exe = std::env::current_exe().map_err(io_err("find the obmguard executable"))?;
+    // This executable: its hidden `run-proxy` is `obmguard serve` (see crate::cli).
+    let exe = std::env::current_exe().map_err(io_err("find the obmguard-demo executable"))?;
     let log = dir.join("proxy.log");
     let stderr = std::fs::File::create(&log).map_err(io_err("create the proxy's log file"))?;
     let child = Command::new(exe)
-        .arg("serve")
+        .arg(crate::cli::RUN_PROXY)
         .arg("--config")
         .arg(config)
         .arg("--upgrade-sock")
@@ -493,7 +461,7 @@ fn spawn_proxy(
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .map_err(io_err("start obmguard serve"))?;
+        .map_err(io_err("start the proxy"))?;
     Ok(Proxy {
         child,
         addr,
@@ -596,20 +564,6 @@ fn read_or_empty(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Resolves on Ctrl-C, or SIGTERM on Unix.
-async fn stop_signal() {
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        return;
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 /// Resolves when the child exits, with its status.
 async fn proxy_exit(child: &mut Child) -> String {
     loop {
@@ -635,8 +589,8 @@ mod tests {
 
     #[test]
     fn other_org_is_a_valid_id_outside_the_policy() {
-        let other = crate::sfid::SfId::parse(OTHER_ORG).unwrap();
-        assert_ne!(other, crate::sfid::SfId::parse(ORG_ID).unwrap());
+        let other = obmguard::sfid::SfId::parse(OTHER_ORG).unwrap();
+        assert_ne!(other, obmguard::sfid::SfId::parse(ORG_ID).unwrap());
     }
 
     #[tokio::test]

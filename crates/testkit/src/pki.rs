@@ -1,4 +1,4 @@
-//! A throw-away PKI for tests and `obmguard demo`: every certificate the proxy must accept or
+//! A throw-away PKI for tests and `obmguard-demo`: every certificate the proxy must accept or
 //! refuse, generated at run time with rcgen (ECDSA P-256 everywhere) and written as PEM files
 //! into one directory.
 //!

@@ -3,8 +3,8 @@
 //! a proper Ack, a nack, a SOAP fault, an HTML page, a bare status, nothing at all, a slow Ack,
 //! a huge body, garbage, or a closed connection.
 //!
-//! It plays the receiver behind the proxy in the integration tests, in `obmguard demo`, and as
-//! `obmguard sample-receiver` (bound with [`Receiver::start_on`], logging with
+//! It plays the receiver behind the proxy in the integration tests, in `obmguard-demo`, and as
+//! `obmguard-demo sample-receiver` (bound with [`Receiver::start_on`], logging with
 //! [`Receiver::set_logging`]: one line per request, the SessionId reduced to its length).
 //! It deliberately does not validate the SOAP it receives: tests assert on [`Received`]. Request
 //! bodies are bounded at [`MAX_REQUEST_BODY`] (larger ones get 413 and are recorded empty).
@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
-use super::messages::find_element;
+use crate::messages::find_element;
 
 /// Largest request body the receiver reads.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
@@ -172,7 +172,7 @@ impl Receiver {
     }
 
     /// Start an HTTPS receiver presenting the certificate of `config` (for example
-    /// [`super::pki::server_config`]`(&pki.server, None)`).
+    /// [`crate::pki::server_config`]`(&pki.server, None)`).
     pub async fn start_tls(
         behaviour: Behaviour,
         config: rustls::ServerConfig,
@@ -402,9 +402,9 @@ fn fault_body(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::client::{post_once, Connection, TlsClientConfig};
-    use crate::testkit::messages::{Sample, SESSION_ID};
-    use crate::testkit::pki::{server_config, Pki};
+    use crate::client::{post_once, Connection, TlsClientConfig};
+    use crate::messages::{Sample, SESSION_ID};
+    use crate::pki::{server_config, Pki};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 

@@ -1,4 +1,4 @@
-//! Salesforce-like Outbound Message bodies for tests and `obmguard demo`, in exactly the shape
+//! Salesforce-like Outbound Message bodies for tests and `obmguard-demo`, in exactly the shape
 //! described in `obm-protocol.md`: `OrganizationId`, `ActionId`, `SessionId`, `EnterpriseUrl`,
 //! `PartnerUrl`, then `Notification`s each holding an `sf:Account`.
 //!

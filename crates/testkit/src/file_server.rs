@@ -32,7 +32,7 @@ pub struct FileServer {
 
 impl FileServer {
     /// Serve `body` with status 200 over TLS with `config` (e.g.
-    /// [`super::pki::server_config`]`(&pki.server, None)`).
+    /// [`crate::pki::server_config`]`(&pki.server, None)`).
     pub async fn start(config: rustls::ServerConfig, body: impl Into<Bytes>) -> io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;

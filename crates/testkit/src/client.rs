@@ -1,5 +1,5 @@
 //! A real TLS client speaking raw HTTP/1.1, playing Salesforce against the proxy in tests and in
-//! `obmguard demo`.
+//! `obmguard-demo`.
 //!
 //! It writes exactly the bytes it is given (so tests can send malformed or smuggling-shaped
 //! requests), can bind a chosen source address (e.g. `127.0.0.2`) and present a client
@@ -26,8 +26,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::messages::find_element;
-use super::pki::{self, Identity};
+use crate::messages::find_element;
+use crate::pki::{self, Identity};
 
 /// Largest response head (status line and headers) accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -513,7 +513,7 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::pki::{server_config, Pki};
+    use crate::pki::{server_config, Pki};
     use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
 

@@ -1,5 +1,5 @@
 //! A small Salesforce-like OAuth token endpoint over real HTTP/1.1, for tests and
-//! `obmguard demo`. It answers `POST /services/oauth2/token` for the client-credentials grant
+//! `obmguard-demo`. It answers `POST /services/oauth2/token` for the client-credentials grant
 //! (secret in the body or in HTTP Basic, per its config) and the JWT bearer grant (RS256
 //! signature checked with a configured public key, plus `iss`/`sub`/`aud`/`exp`), in
 //! Salesforce's shape: no `expires_in` unless configured, `instance_url`, `issued_at` in ms as
@@ -22,7 +22,15 @@ use hyper::{Request, Response, StatusCode};
 use rand::Rng;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::token::ClientAuth;
+/// How a client-credentials request must present the client secret (the same two ways as
+/// obmguard's `token::ClientAuth`; a type of its own so the test kit does not depend on obmguard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` as form fields in the request body.
+    Body,
+    /// HTTP Basic authentication (RFC 6749 section 2.3.1).
+    Basic,
+}
 
 /// Path Salesforce serves tokens on.
 pub const TOKEN_PATH: &str = "/services/oauth2/token";
