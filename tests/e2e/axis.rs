@@ -8,23 +8,30 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Build the receiver once per test run (tests/axis/build.sh, about 3 s).
-fn built() -> &'static PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = root.join("target").join("axis");
-        let status = Command::new("sh")
-            .arg(root.join("tests/axis/build.sh"))
-            .arg(&out)
-            .status()
-            .expect("sh");
-        assert!(
-            status.success(),
-            "building the Axis receiver failed: install a JDK and libaxis-java (.ci/run does)"
-        );
-        out
-    })
+/// Build the receiver once per test run (tests/axis/build.sh, about 3 s). `None` where the
+/// machine lacks a JDK or libaxis-java, outside CI only (under `CI=true` that fails the test).
+fn built() -> Option<&'static PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = root.join("target").join("axis");
+            let status = Command::new("sh")
+                .arg(root.join("tests/axis/build.sh"))
+                .arg(&out)
+                .status()
+                .expect("sh");
+            if status.success() {
+                return Some(out);
+            }
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "building the Axis receiver failed: install a JDK and libaxis-java (.ci/run does)"
+            );
+            eprintln!("SKIPPED: no JDK or libaxis-java here (apt-get install -y default-jdk-headless libaxis-java)");
+            None
+        })
+        .as_ref()
 }
 
 pub struct Axis {
@@ -36,9 +43,9 @@ pub struct Axis {
 }
 
 impl Axis {
-    /// Start a receiver that writes what it saw into `dir`.
-    pub fn start(dir: &Path) -> Axis {
-        let out = built();
+    /// Start a receiver that writes what it saw into `dir` (`None`: see [`built`]).
+    pub fn start(dir: &Path) -> Option<Axis> {
+        let out = built()?;
         let seen = dir.join(format!("axis-seen-{}.jsonl", rand_suffix()));
         let mut child = Command::new("sh")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/axis/run.sh"))
@@ -60,12 +67,12 @@ impl Axis {
             .strip_prefix("READY ")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("the Axis receiver did not start: {line:?}"));
-        Axis {
+        Some(Axis {
             child,
             _stdin: stdin,
             port,
             seen,
-        }
+        })
     }
 
     pub fn url(&self) -> String {

