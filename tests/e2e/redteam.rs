@@ -166,6 +166,16 @@ async fn soap_encoding_references_never_reach_a_real_soap_stack() {
         .starts_with("https://acme.my.salesforce.com/services/Soap/c/"));
 }
 
+/// One strip route `/r` to the test kit's receiver, with `extra` appended to obmguard.toml.
+async fn strip_env(extra: &str) -> (World, Receiver, Proxy) {
+    let w = World::new();
+    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
+    let mut s = Setup::new(&w).route("r.toml", route("r", "/r", &recv.url("/"), "strip"));
+    s.extra = extra.into();
+    let p = Proxy::start(&w, &s).await;
+    (w, recv, p)
+}
+
 /// An inject route, its token endpoint and receiver.
 async fn inject_env(extra: &str) -> (World, Receiver, TokenServer, Proxy) {
     let w = World::new();
@@ -592,11 +602,7 @@ fn vm(pid: i32, key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unfinished_request_heads_cannot_buffer_more_than_the_header_limit() {
-    let w = World::new();
-    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
-    let mut s = Setup::new(&w).route("r.toml", route("r", "/r", &recv.url("/"), "strip"));
-    s.extra = "[limits]\nmax_header_bytes = 16384\n".into();
-    let p = Proxy::start(&w, &s).await;
+    let (w, _recv, p) = strip_env("[limits]\nmax_header_bytes = 16384\n").await;
     let before = vm(p.pid(), "VmHWM:");
     const N: usize = 60;
     let client = w.salesforce();
@@ -650,11 +656,8 @@ async fn unfinished_request_heads_cannot_buffer_more_than_the_header_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_later_request_on_a_kept_alive_connection_has_its_own_head_deadline() {
-    let w = World::new();
-    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
-    let mut s = Setup::new(&w).route("r.toml", route("r", "/r", &recv.url("/"), "strip"));
-    s.extra = "[timeouts]\nrequest_head_ms = 1000\nidle_keepalive_ms = 60000\n".into();
-    let p = Proxy::start(&w, &s).await;
+    let (w, _recv, p) =
+        strip_env("[timeouts]\nrequest_head_ms = 1000\nidle_keepalive_ms = 60000\n").await;
     let mut c = p.connect(&w.salesforce()).await.unwrap();
     assert_eq!(
         c.post_soap("/r", &notification(None), &[])
@@ -790,11 +793,7 @@ async fn megabyte_values_in_every_field_leave_the_log_and_the_audit_small() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_client_certificate_stops_working_on_keep_alive_and_resumption() {
-    let w = World::new();
-    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
-    let mut s = Setup::new(&w).route("r.toml", route("r", "/r", &recv.url("/"), "strip"));
-    s.extra = "[timeouts]\nmax_connection_age_ms = 3600000\n".into();
-    let p = Proxy::start(&w, &s).await;
+    let (w, recv, p) = strip_env("[timeouts]\nmax_connection_age_ms = 3600000\n").await;
     let client = w.client(Some(&w.pki.short_lived));
     let shared = client.shared().unwrap();
     let mut kept = Connection::connect_shared(p.addr, &client, shared.clone())
@@ -847,11 +846,7 @@ async fn an_expired_client_certificate_stops_working_on_keep_alive_and_resumptio
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_end_after_their_maximum_age() {
-    let w = World::new();
-    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
-    let mut s = Setup::new(&w).route("r.toml", route("r", "/r", &recv.url("/"), "strip"));
-    s.extra = "[timeouts]\nmax_connection_age_ms = 1000\n".into();
-    let p = Proxy::start(&w, &s).await;
+    let (w, _recv, p) = strip_env("[timeouts]\nmax_connection_age_ms = 1000\n").await;
     let mut c = p.connect(&w.salesforce()).await.unwrap();
     assert_eq!(
         c.post_soap("/r", &notification(None), &[])
@@ -983,11 +978,8 @@ async fn a_notifications_answer_is_a_failure_and_the_fault_says_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_id_in_the_message_must_be_a_valid_id() {
-    let w = World::new();
-    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
     // No action_ids on this route: the action id is checked all the same.
-    let s = Setup::new(&w).route("r.toml", route("r", "/r", &recv.url("/"), "strip"));
-    let p = Proxy::start(&w, &s).await;
+    let (w, recv, p) = strip_env("").await;
     let base = nil_text();
     for (what, body) in [
         (
