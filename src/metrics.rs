@@ -386,23 +386,9 @@ impl Metrics {
         })
     }
 
-    /// Create a route's request series at zero, so `rate()` and `increase()` work from the
-    /// route's first message. Call for each route when a policy is loaded.
-    pub fn init_route(&self, route: &str) {
-        for o in outcome::ALL {
-            self.requests.with_label_values(&[route, o]);
-        }
-        self.inflight.with_label_values(&[route]);
-    }
-
     /// A message on `route` ended with `outcome` (one of [`outcome`]).
     pub fn request(&self, route: &str, outcome: &str) {
         self.requests.with_label_values(&[route, outcome]).inc();
-    }
-
-    /// A pooled connection to `route`'s receiver held bytes nobody asked for.
-    pub fn upstream_unsolicited(&self, route: &str) {
-        self.upstream_unsolicited.with_label_values(&[route]).inc();
     }
 
     /// The handling of a request on `route` (`-` before routing) panicked.
@@ -413,18 +399,6 @@ impl Metrics {
     /// A request or connection was refused; `route` is `-` when no route was chosen yet.
     pub fn rejection(&self, route: &str, reason: &str) {
         self.rejections.with_label_values(&[route, reason]).inc();
-    }
-
-    /// Count a message as in flight on `route` until the guard is dropped.
-    pub fn inflight(&self, route: &str) -> GaugeGuard {
-        let g = self.inflight.with_label_values(&[route]);
-        g.inc();
-        GaugeGuard(g)
-    }
-
-    /// The SessionId policy took `action` (one of [`session_action`]) on `route`.
-    pub fn session_id(&self, route: &str, action: &str) {
-        self.session_ids.with_label_values(&[route, action]).inc();
     }
 
     /// A timeout fired at `stage` (one of [`stage`]).
@@ -456,24 +430,10 @@ impl Metrics {
         GaugeGuard(g)
     }
 
-    /// Record how long the receiver on `route` took.
-    pub fn observe_upstream(&self, route: &str, took: Duration) {
-        self.upstream_duration
-            .with_label_values(&[route])
-            .observe(took.as_secs_f64());
-    }
-
     /// Record how long a token fetch took and how it ended (`ok`, `error`, ...).
     pub fn observe_token_fetch(&self, outcome: &str, took: Duration) {
         self.token_fetch_duration
             .with_label_values(&[outcome])
-            .observe(took.as_secs_f64());
-    }
-
-    /// Record the time obmguard itself spent on a message on `route` (total minus upstream).
-    pub fn observe_overhead(&self, route: &str, took: Duration) {
-        self.overhead_duration
-            .with_label_values(&[route])
             .observe(took.as_secs_f64());
     }
 
@@ -662,7 +622,7 @@ mod tests {
         m.client_cert_rejection("unknown_issuer");
         m.connection_refused("public", "per_source_limit");
         m.timeout(stage::UPSTREAM);
-        m.session_id("orders", session_action::STRIPPED);
+        m.route("orders").session_id(session_action::STRIPPED);
         m.policy_reload("ok");
         m.audit_write_failure();
         let text = m.render();
@@ -703,7 +663,7 @@ mod tests {
     #[test]
     fn init_route_creates_zero_series_for_every_outcome() {
         let m = Metrics::new().unwrap();
-        m.init_route("orders");
+        let _orders = m.route("orders");
         let text = m.render();
         for o in outcome::ALL {
             let series = format!(r#"obmguard_requests_total{{outcome="{o}",route="orders"}}"#);
@@ -714,9 +674,10 @@ mod tests {
     #[test]
     fn histogram_count_moves() {
         let m = Metrics::new().unwrap();
-        m.observe_upstream("orders", Duration::from_millis(30));
-        m.observe_upstream("orders", Duration::from_millis(70));
-        m.observe_overhead("orders", Duration::from_micros(300));
+        let orders = m.route("orders");
+        orders.observe_upstream(Duration::from_millis(30));
+        orders.observe_upstream(Duration::from_millis(70));
+        orders.observe_overhead(Duration::from_micros(300));
         m.observe_token_fetch("ok", Duration::from_millis(200));
         let text = m.render();
         assert_eq!(
@@ -752,8 +713,9 @@ mod tests {
     #[test]
     fn gauge_guards_go_back_down_when_dropped() {
         let m = Metrics::new().unwrap();
-        let a = m.inflight("orders");
-        let b = m.inflight("orders");
+        let orders = m.route("orders");
+        let a = orders.inflight();
+        let b = orders.inflight();
         let c = m.connection_open("public");
         let text = m.render();
         assert_eq!(
