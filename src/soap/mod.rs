@@ -120,6 +120,12 @@ pub enum XmlError {
         /// Offset of `<?xml`.
         at: usize,
     },
+    /// A CDATA section holding `<` in a request.
+    #[error("a CDATA section at byte {at} holds `<`: markup inside CDATA reads as a tag to receivers that search the bytes; Salesforce never sends one")]
+    MarkupInCdata {
+        /// Offset of the section.
+        at: usize,
+    },
     /// An XML comment in a request.
     #[error("an XML comment at byte {at} is refused: Salesforce never sends comments and one could hide content from the SessionId rewrite")]
     Comment {
@@ -262,6 +268,7 @@ impl XmlError {
                 "processing_instruction"
             }
             XmlError::Comment { .. } => "comment",
+            XmlError::MarkupInCdata { .. } => "markup_in_cdata",
             XmlError::TooDeep { .. } => "too_deep",
             XmlError::TooManyAttributes { .. } => "too_many_attributes",
             XmlError::DuplicateAttribute { .. } => "duplicate_attribute",

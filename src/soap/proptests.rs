@@ -37,8 +37,10 @@ fn session() -> impl Strategy<Value = Session> {
         Just(Session::Absent),
         Just(Session::Nil),
         Just(Session::Empty),
-        (value, enc).prop_filter_map("CDATA cannot hold ]]>", |(v, e)| {
-            (!(matches!(e, Encoding::CData) && v.contains("]]>"))).then_some(Session::Value(v, e))
+        // A request's CDATA may not hold `]]>` (it ends the section) nor `<` (refused).
+        (value, enc).prop_filter_map("CDATA cannot hold ]]> or <", |(v, e)| {
+            (!(matches!(e, Encoding::CData) && (v.contains("]]>") || v.contains('<'))))
+                .then_some(Session::Value(v, e))
         }),
     ]
 }

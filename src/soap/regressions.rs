@@ -44,3 +44,21 @@ fn an_ack_padded_past_the_text_bound_is_never_read_as_true() {
         Answer::Malformed(_)
     ));
 }
+
+const MARKUP_IN_CDATA: &[u8] = include_bytes!("../../fuzz/corpus/soap/regress_markup_in_cdata.xml");
+
+#[test]
+fn markup_hidden_in_cdata_is_refused() {
+    // The fuzzer's lenient check found a `<SessionId>value</SessionId>` inside a CDATA section
+    // of EnterpriseUrl: text to XML parsers, but the first match of a receiver that searches
+    // the bytes once the real SessionId is nil.
+    assert!(matches!(
+        parse(MARKUP_IN_CDATA, &Limits::default()),
+        Err(XmlError::MarkupInCdata { .. })
+    ));
+    let plain = "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><notifications xmlns=\"http://soap.sforce.com/2005/09/outbound\"><OrganizationId><![CDATA[00D5e000000AbCd]]></OrganizationId></notifications></soapenv:Body></soapenv:Envelope>";
+    assert!(!matches!(
+        parse(plain.as_bytes(), &Limits::default()),
+        Err(XmlError::MarkupInCdata { .. })
+    ));
+}

@@ -287,7 +287,14 @@ impl<'i> Scanner<'i> {
                     if self.depth == 0 {
                         return Err(XmlError::ContentOutsideRoot { at });
                     }
-                    return Ok(Item::Chars(at, Chars::CData(borrowed(c.into_inner(), at)?)));
+                    let text = borrowed(c.into_inner(), at)?;
+                    // Markup inside CDATA is text to an XML parser but a tag to a receiver
+                    // that searches the bytes: a `<SessionId>` there would be read by it.
+                    // Salesforce escapes text and sends no CDATA, so refuse the ambiguity.
+                    if !self.allow_comments && text.contains('<') {
+                        return Err(XmlError::MarkupInCdata { at });
+                    }
+                    return Ok(Item::Chars(at, Chars::CData(text)));
                 }
                 Event::GeneralRef(r) => {
                     let c = resolve_reference(&r, at)?;
