@@ -114,6 +114,12 @@ pub enum XmlError {
         /// Offset of `<?`.
         at: usize,
     },
+    /// An XML declaration with something besides version, encoding and standalone.
+    #[error("the XML declaration at byte {at} holds something other than version, encoding and standalone (or markup in a value); write <?xml version=\"1.0\" encoding=\"UTF-8\"?>")]
+    Declaration {
+        /// Offset of `<?xml`.
+        at: usize,
+    },
     /// An XML declaration that is not at the very start.
     #[error("an XML declaration at byte {at} is refused: it is only allowed at the very start of the body")]
     MisplacedDeclaration {
@@ -268,6 +274,7 @@ impl XmlError {
                 "processing_instruction"
             }
             XmlError::Comment { .. } => "comment",
+            XmlError::Declaration { .. } => "declaration",
             XmlError::MarkupInCdata { .. } => "markup_in_cdata",
             XmlError::TooDeep { .. } => "too_deep",
             XmlError::TooManyAttributes { .. } => "too_many_attributes",

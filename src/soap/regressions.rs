@@ -52,8 +52,10 @@ fn markup_hidden_in_cdata_is_refused() {
     // The fuzzer's lenient check found a `<SessionId>value</SessionId>` inside a CDATA section
     // of EnterpriseUrl: text to XML parsers, but the first match of a receiver that searches
     // the bytes once the real SessionId is nil.
+    // (The seed's declaration also misspells `encoding`, refused on its own since: fix it.)
+    let seed = String::from_utf8_lossy(MARKUP_IN_CDATA).replace("encodnng", "encoding");
     assert!(matches!(
-        parse(MARKUP_IN_CDATA, &Limits::default()),
+        parse(seed.as_bytes(), &Limits::default()),
         Err(XmlError::MarkupInCdata { .. })
     ));
     let plain = "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><notifications xmlns=\"http://soap.sforce.com/2005/09/outbound\"><OrganizationId><![CDATA[00D5e000000AbCd]]></OrganizationId></notifications></soapenv:Body></soapenv:Envelope>";
@@ -61,4 +63,45 @@ fn markup_hidden_in_cdata_is_refused() {
         parse(plain.as_bytes(), &Limits::default()),
         Err(XmlError::MarkupInCdata { .. })
     ));
+}
+
+const MARKUP_IN_DECLARATION: &[u8] =
+    include_bytes!("../../fuzz/corpus/soap/regress_markup_in_declaration.xml");
+
+#[test]
+fn an_xml_declaration_holds_only_version_encoding_and_standalone() {
+    // The fuzzer's lenient check found `<SessionId>...</SessionId>` in the value of an unknown
+    // pseudo-attribute of the XML declaration, which quick-xml ignores.
+    assert!(matches!(
+        parse(MARKUP_IN_DECLARATION, &Limits::default()),
+        Err(XmlError::Declaration { .. })
+    ));
+    let body = |decl: &str| {
+        format!(
+            "{decl}<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body/></soapenv:Envelope>"
+        )
+    };
+    for ok in [
+        r#"<?xml version="1.0"?>"#,
+        r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+        r#"<?xml version='1.0' encoding='utf-8' standalone="yes" ?>"#,
+    ] {
+        let e = parse(body(ok).as_bytes(), &Limits::default()).unwrap_err();
+        assert!(!matches!(e, XmlError::Declaration { .. }), "{ok}: {e}");
+    }
+    for bad in [
+        r#"<?xml version="1.0" encodnng="UTF-8"?>"#,
+        r#"<?xml version="1.0" encoding="UTF-8" x="<SessionId>"?>"#,
+        r#"<?xml encoding="UTF-8" version="1.0"?>"#,
+        r#"<?xml version="1.0"encoding="UTF-8"?>"#,
+        r#"<?xml version="1.0" encoding="&lt;"?>"#,
+    ] {
+        assert!(
+            matches!(
+                parse(body(bad).as_bytes(), &Limits::default()),
+                Err(XmlError::Declaration { .. })
+            ),
+            "{bad}"
+        );
+    }
 }

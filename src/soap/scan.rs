@@ -312,6 +312,9 @@ impl<'i> Scanner<'i> {
                     if !first || at != self.base {
                         return Err(XmlError::MisplacedDeclaration { at });
                     }
+                    if !plain_declaration(&decl) {
+                        return Err(XmlError::Declaration { at });
+                    }
                     match decl.version() {
                         Ok(v) if &*v == "1.0" => {}
                         _ => return Err(XmlError::Version),
@@ -572,6 +575,49 @@ fn borrowed(content: Cow<'_, str>, at: usize) -> Result<&str, XmlError> {
         Cow::Borrowed(s) => Ok(s),
         Cow::Owned(_) => Err(malformed(at, "unexpected owned text from the tokenizer")),
     }
+}
+
+/// Whether an XML declaration's content (`xml version="1.0" ...`) holds exactly `version`,
+/// then optionally `encoding` and `standalone`, each with a quoted value free of `<` and `&`.
+/// quick-xml reads the pseudo-attributes it knows and ignores the rest, so an unknown one
+/// could carry markup (a `<SessionId>...`) that a receiver searching the bytes would read.
+fn plain_declaration(raw: &str) -> bool {
+    const WS: [char; 4] = [' ', '\t', '\r', '\n'];
+    let Some(mut rest) = raw.strip_prefix("xml") else {
+        return false;
+    };
+    let mut names = Vec::with_capacity(3);
+    loop {
+        let trimmed = rest.trim_start_matches(WS);
+        if trimmed.is_empty() {
+            break;
+        }
+        if trimmed.len() == rest.len() || names.len() == 3 {
+            return false;
+        }
+        let Some((name, after)) = trimmed.split_once('=') else {
+            return false;
+        };
+        let after = after.trim_start_matches(WS);
+        let Some(quote) = after.chars().next().filter(|q| matches!(q, '"' | '\'')) else {
+            return false;
+        };
+        let Some(len) = after[1..].find(quote) else {
+            return false;
+        };
+        if after[1..1 + len].contains(['<', '&']) {
+            return false;
+        }
+        names.push(name.trim_end_matches(WS));
+        rest = &after[len + 2..];
+    }
+    matches!(
+        names.as_slice(),
+        ["version"]
+            | ["version", "encoding"]
+            | ["version", "standalone"]
+            | ["version", "encoding", "standalone"]
+    )
 }
 
 /// A message fragment that quotes attacker-chosen names: cut to a length that fits in a log line.
