@@ -37,6 +37,7 @@ use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::ErrorType;
 use pingora_http::RequestHeader;
 use tokio::io::AsyncReadExt;
 
@@ -290,10 +291,18 @@ impl Receivers {
     ) -> Result<(), Failure> {
         let header = self.request_header(d, keepalive)?;
         let name = &d.route.name;
+        let limit = d.route.upstream_timeout;
         let failed = |what: &'static str| {
             move |e: Box<pingora_core::Error>| {
                 tracing::warn!(route = %name, error = %e, "{what}");
-                Failure::UpstreamUnreachable
+                // The session's own read and write deadlines equal the route's, so either
+                // timer may fire first: both are the receiver being too slow.
+                match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                        Failure::UpstreamTimeout(limit.as_secs().max(1))
+                    }
+                    _ => Failure::UpstreamUnreachable,
+                }
             }
         };
         s.write_request_header(Box::new(header))
