@@ -82,6 +82,14 @@ pub struct AuditRecord {
     pub duration_ms: f64,
     /// Time the receiver took, milliseconds.
     pub upstream_ms: Option<f64>,
+    /// Queued mode: the store's id of the message (on the request's record once committed,
+    /// and on every record of its deliveries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<i64>,
+    /// A delivery of a queued message: its attempt number (1 for the first). Records of
+    /// deliveries have `decision` delivered, retried or dead_lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// Opening or writing the audit file failed.
@@ -192,6 +200,8 @@ mod tests {
             ack: Some(true),
             duration_ms: 12.5,
             upstream_ms: Some(10.0),
+            message_id: None,
+            attempt: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `token`, `report`, `import-ranges`. The demo and the
+//! The command line: `serve`, `check`, `token`, `report`, `import-ranges`, `queue`. The demo and the
 //! sample receiver are another binary (`obmguard-demo`), which runs the proxy through
 //! [`ServeArgs`] and [`crate::commands::serve`].
 
@@ -98,4 +98,93 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Look at and operate the queued messages (queued routes, `[store]`); works while
+    /// `serve` runs on the same store.
+    Queue {
+        #[command(subcommand)]
+        op: QueueOp,
+    },
+}
+
+/// `obmguard queue ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueueOp {
+    /// List messages (no bodies), oldest first.
+    List {
+        #[command(flatten)]
+        sel: QueueSelection,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: QueueFormat,
+    },
+    /// One message's metadata; its body only with --body.
+    Show {
+        #[arg(long, default_value = "obmguard.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        id: i64,
+        /// Print the body as stored (the bytes that will be forwarded; no secret is stored).
+        #[arg(long)]
+        body: bool,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: QueueFormat,
+    },
+    /// Make queued (or dead) messages due now.
+    Retry {
+        #[command(flatten)]
+        sel: QueueSelection,
+    },
+    /// Put dead letters back in the queue with a fresh maximum age.
+    Replay {
+        #[command(flatten)]
+        sel: QueueSelection,
+    },
+    /// Delete messages (a selection is required).
+    Drop {
+        #[command(flatten)]
+        sel: QueueSelection,
+    },
+}
+
+/// Which messages a `queue` command applies to.
+#[derive(Debug, Clone, Args)]
+pub struct QueueSelection {
+    #[arg(long, default_value = "obmguard.toml")]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub route: Option<String>,
+    /// queued, delivering, delivered or dead.
+    #[arg(long)]
+    pub state: Option<String>,
+    #[arg(long)]
+    pub id: Option<i64>,
+    /// Messages carrying this Notification Id (as sent).
+    #[arg(long)]
+    pub notification_id: Option<String>,
+    /// Accepted longer ago than this: 90s, 15m, 2h, 7d.
+    #[arg(long)]
+    pub older_than: Option<String>,
+    /// At most this many, oldest first.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl QueueSelection {
+    pub fn selection(&self) -> crate::queue_ops::Selection {
+        crate::queue_ops::Selection {
+            id: self.id,
+            route: self.route.clone(),
+            state: self.state.clone(),
+            notification_id: self.notification_id.clone(),
+            older_than: self.older_than.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueFormat {
+    Table,
+    Json,
 }

@@ -56,7 +56,106 @@ pub fn run(cmd: Command) -> i32 {
             force,
             dry_run,
         }),
+        Command::Queue { op } => queue(op),
     }
+}
+
+/// `obmguard queue ...`: open the store the configuration names and run one operation.
+fn queue(op: crate::cli::QueueOp) -> i32 {
+    use crate::cli::{QueueFormat, QueueOp};
+    use crate::queue_ops::{self, Change};
+    let config = match &op {
+        QueueOp::List { sel, .. }
+        | QueueOp::Retry { sel }
+        | QueueOp::Replay { sel }
+        | QueueOp::Drop { sel } => sel.config.clone(),
+        QueueOp::Show { config, .. } => config.clone(),
+    };
+    let Some(cfg) = load_or_print(&config) else {
+        return 2;
+    };
+    let Some(sc) = &cfg.store else {
+        eprintln!(
+            "obmguard queue: {} has no [store]: there is no queue (add [store] path = \"/var/lib/obmguard\")",
+            config.display()
+        );
+        return 2;
+    };
+    let store = match crate::store::open(sc) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("obmguard queue: {e}");
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("obmguard queue: {e}");
+            return 2;
+        }
+    };
+    let store = store.as_ref();
+    let result: Result<String, queue_ops::OpError> = runtime.block_on(async {
+        match op {
+            QueueOp::List { sel, format } => {
+                let rows = queue_ops::list(store, &sel.selection()).await?;
+                Ok(match format {
+                    QueueFormat::Json => json(&rows),
+                    QueueFormat::Table => queue_ops::table(&rows),
+                })
+            }
+            QueueOp::Show {
+                id, body, format, ..
+            } => match queue_ops::show(store, id, body).await? {
+                None => Err(queue_ops::OpError::Selection(format!("no message {id}"))),
+                Some(d) => {
+                    let mut out = match format {
+                        QueueFormat::Json => json(&d),
+                        QueueFormat::Table => queue_ops::table(std::slice::from_ref(&d.summary)),
+                    };
+                    if let Some(b) = &d.body {
+                        out.push_str(&String::from_utf8_lossy(b));
+                        out.push('\n');
+                    } else if body {
+                        out.push_str("(no body: a delivered message's body is pruned)\n");
+                    }
+                    Ok(out)
+                }
+            },
+            QueueOp::Retry { sel } => changed(store, Change::Retry, &sel).await,
+            QueueOp::Replay { sel } => changed(store, Change::Replay, &sel).await,
+            QueueOp::Drop { sel } => changed(store, Change::Drop, &sel).await,
+        }
+    });
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("obmguard queue: {e}");
+            1
+        }
+    }
+}
+
+async fn changed(
+    store: &dyn crate::store::Store,
+    change: crate::queue_ops::Change,
+    sel: &crate::cli::QueueSelection,
+) -> Result<String, crate::queue_ops::OpError> {
+    let n = crate::queue_ops::change(store, change, &sel.selection()).await?;
+    Ok(format!("{}: {n} message(s)\n", change.as_str()))
+}
+
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("\"{e}\""));
+    s.push('\n');
+    s
 }
 
 fn report(audit: &Path, format: crate::report::Format, out: Option<&Path>) -> i32 {
@@ -280,6 +379,10 @@ pub fn serve(args: ServeArgs) -> i32 {
             rt: rt.clone(),
             config_file: path.to_path_buf(),
         },
+    ));
+    server.add_service(background_service(
+        "deliveries",
+        crate::delivery::Deliveries { rt: rt.clone() },
     ));
     server.add_service(background_service(
         "salesforce ranges refresh",

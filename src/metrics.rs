@@ -85,6 +85,55 @@ pub const SALESFORCE_RANGES_DATE_SECONDS: &str = "obmguard_salesforce_ranges_dat
 /// `error` (the last good set stays in force on error).
 pub const SALESFORCE_RANGES_REFRESHES_TOTAL: &str = "obmguard_salesforce_ranges_refreshes_total";
 
+// --- queued delivery and the store ---
+/// Gauge `{route,state}`: messages in the store by state (queued, delivering, delivered,
+/// dead), refreshed every few seconds.
+pub const QUEUE_MESSAGES: &str = "obmguard_queue_messages";
+/// Gauge `{route}`: age of the oldest message waiting (queued or delivering), seconds; 0
+/// when none waits.
+pub const QUEUE_OLDEST_AGE_SECONDS: &str = "obmguard_queue_oldest_age_seconds";
+/// Counter `{route,outcome}`: delivery attempts of queued messages, by outcome (see
+/// [`delivery_outcome`]).
+pub const DELIVERIES_TOTAL: &str = "obmguard_deliveries_total";
+/// Counter `{route}`: messages that became dead letters.
+pub const DEAD_LETTERS_TOTAL: &str = "obmguard_dead_letters_total";
+/// Counter `{route}`: messages acked without delivery because every notification in them was
+/// accepted (queued) or acked (direct with dedupe) before.
+pub const DUPLICATES_TOTAL: &str = "obmguard_duplicates_total";
+/// Histogram: time to commit a message durably (the fsync included), seconds.
+pub const STORE_COMMIT_SECONDS: &str = "obmguard_store_commit_seconds";
+/// Counter `{op}`: store operations that failed (admit, seen, record, claim, finish, depth,
+/// prune).
+pub const STORE_ERRORS_TOTAL: &str = "obmguard_store_errors_total";
+
+/// Values of the `outcome` label of [`DELIVERIES_TOTAL`].
+pub mod delivery_outcome {
+    /// The receiver's verified Ack.
+    pub const DELIVERED: &str = "delivered";
+    /// The receiver answered without an Ack (Ack false, a fault, another status).
+    pub const NACKED: &str = "nacked";
+    /// Unreachable, timed out, or an answer that is not SOAP.
+    pub const UPSTREAM_ERROR: &str = "upstream_error";
+    /// No OAuth token for an inject route: not sent.
+    pub const TOKEN_UNAVAILABLE: &str = "token_unavailable";
+    /// The message cannot be sent as the route stands (a callback URL off the token's
+    /// instance): dead-lettered at once.
+    pub const REFUSED: &str = "refused";
+    pub const ALL: [&str; 5] = [
+        DELIVERED,
+        NACKED,
+        UPSTREAM_ERROR,
+        TOKEN_UNAVAILABLE,
+        REFUSED,
+    ];
+}
+
+/// Histogram buckets for store commits, seconds: 50 µs to 10 s.
+pub const COMMIT_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
 /// Gauge `{version}`: always 1; carries the build's version.
 pub const BUILD_INFO: &str = "obmguard_build_info";
 
@@ -106,8 +155,36 @@ pub mod outcome {
     pub const UPSTREAM_ERROR: &str = "upstream_error";
     /// A route in inject mode could not get an OAuth token.
     pub const TOKEN_UNAVAILABLE: &str = "token_unavailable";
+    /// Queued mode: committed to the store durably, then acked.
+    pub const QUEUED: &str = "queued";
+    /// Every notification was accepted (queued) or acked (direct) before: acked, not
+    /// delivered again.
+    pub const DUPLICATE: &str = "duplicate";
+    /// The store could not commit or answer: 503, Salesforce retries.
+    pub const STORE_ERROR: &str = "store_error";
     /// Every outcome, to pre-create series at zero.
-    pub const ALL: [&str; 5] = [ACKED, NACKED, REJECTED, UPSTREAM_ERROR, TOKEN_UNAVAILABLE];
+    pub const ALL: [&str; 8] = [
+        ACKED,
+        NACKED,
+        REJECTED,
+        UPSTREAM_ERROR,
+        TOKEN_UNAVAILABLE,
+        QUEUED,
+        DUPLICATE,
+        STORE_ERROR,
+    ];
+}
+
+/// Values of the `op` label of [`STORE_ERRORS_TOTAL`].
+pub mod store_op {
+    pub const ADMIT: &str = "admit";
+    pub const SEEN: &str = "seen";
+    pub const RECORD: &str = "record";
+    pub const CLAIM: &str = "claim";
+    pub const FINISH: &str = "finish";
+    pub const DEPTH: &str = "depth";
+    pub const PRUNE: &str = "prune";
+    pub const ALL: [&str; 7] = [ADMIT, SEEN, RECORD, CLAIM, FINISH, DEPTH, PRUNE];
 }
 
 /// Values of the `action` label of [`SESSION_IDS_TOTAL`].
@@ -186,6 +263,13 @@ pub struct Metrics {
     policy_generation: IntGauge,
     routes_loaded: IntGauge,
     audit_write_failures: IntCounter,
+    queue_messages: IntGaugeVec,
+    queue_oldest: IntGaugeVec,
+    deliveries: IntCounterVec,
+    dead_letters: IntCounterVec,
+    duplicates: IntCounterVec,
+    store_commit: prometheus::Histogram,
+    store_errors: IntCounterVec,
 }
 
 /// Decrements its gauge when dropped, so an early return or a panic cannot leak a count.
@@ -195,7 +279,7 @@ pub struct GaugeGuard(IntGauge);
 /// One route's series, resolved when its policy generation is built: see [`Metrics::route`].
 #[derive(Clone)]
 pub struct RouteMetrics {
-    requests: [IntCounter; 5],
+    requests: [IntCounter; outcome::ALL.len()],
     rejections: std::collections::HashMap<&'static str, IntCounter>,
     session_ids: std::collections::HashMap<&'static str, IntCounter>,
     inflight: IntGauge,
@@ -203,9 +287,42 @@ pub struct RouteMetrics {
     overhead: prometheus::Histogram,
     unsolicited: IntCounter,
     panics: IntCounter,
+    deliveries: [IntCounter; delivery_outcome::ALL.len()],
+    dead_letters: IntCounter,
+    duplicates: IntCounter,
+    commit: prometheus::Histogram,
+    store_errors: IntCounterVec,
 }
 
 impl RouteMetrics {
+    /// A store commit took `took`.
+    pub fn observe_commit(&self, took: Duration) {
+        self.commit.observe(took.as_secs_f64());
+    }
+
+    /// A store operation (one of [`store_op::ALL`]) failed.
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.with_label_values(&[op]).inc();
+    }
+
+    /// A delivery attempt of a queued message ended with `outcome` (one of
+    /// [`delivery_outcome::ALL`]).
+    pub fn delivery(&self, outcome: &str) {
+        if let Some(i) = delivery_outcome::ALL.iter().position(|o| *o == outcome) {
+            self.deliveries[i].inc();
+        }
+    }
+
+    /// A message became a dead letter.
+    pub fn dead_letter(&self) {
+        self.dead_letters.inc();
+    }
+
+    /// A message was acked without delivery: a duplicate.
+    pub fn duplicate(&self) {
+        self.duplicates.inc();
+    }
+
     /// A message ended with `outcome` (one of [`outcome::ALL`]).
     pub fn request(&self, outcome: &str) {
         if let Some(i) = outcome::ALL.iter().position(|o| *o == outcome) {
@@ -302,7 +419,51 @@ impl Metrics {
             policy_reloads.with_label_values(&[o]);
         }
 
+        let store_commit = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                STORE_COMMIT_SECONDS,
+                "Time to commit a message durably, seconds.",
+            )
+            .buckets(COMMIT_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(store_commit.clone()))?;
+        let store_errors = counter(
+            STORE_ERRORS_TOTAL,
+            "Store operations that failed, by operation.",
+            &["op"],
+        )?;
+        for op in store_op::ALL {
+            store_errors.with_label_values(&[op]);
+        }
+
         Ok(Metrics {
+            queue_messages: gauge(
+                QUEUE_MESSAGES,
+                "Messages in the store, by route and state.",
+                &["route", "state"],
+            )?,
+            queue_oldest: gauge(
+                QUEUE_OLDEST_AGE_SECONDS,
+                "Age of the oldest message waiting for delivery, seconds.",
+                &["route"],
+            )?,
+            deliveries: counter(
+                DELIVERIES_TOTAL,
+                "Delivery attempts of queued messages, by outcome.",
+                &["route", "outcome"],
+            )?,
+            dead_letters: counter(
+                DEAD_LETTERS_TOTAL,
+                "Messages that became dead letters.",
+                &["route"],
+            )?,
+            duplicates: counter(
+                DUPLICATES_TOTAL,
+                "Messages acked without delivery because they were duplicates.",
+                &["route"],
+            )?,
+            store_commit,
+            store_errors,
             requests: counter(
                 REQUESTS_TOTAL,
                 "Messages that reached a route, by outcome.",
@@ -494,6 +655,51 @@ impl Metrics {
             overhead: self.overhead_duration.with_label_values(&[route]),
             unsolicited: self.upstream_unsolicited.with_label_values(&[route]),
             panics: self.panics.with_label_values(&[route]),
+            deliveries: delivery_outcome::ALL
+                .map(|o| self.deliveries.with_label_values(&[route, o])),
+            dead_letters: self.dead_letters.with_label_values(&[route]),
+            duplicates: self.duplicates.with_label_values(&[route]),
+            commit: self.store_commit.clone(),
+            store_errors: self.store_errors.clone(),
+        }
+    }
+
+    /// A store commit (admit) took `took`.
+    pub fn observe_commit(&self, took: Duration) {
+        self.store_commit.observe(took.as_secs_f64());
+    }
+
+    /// A store operation (one of [`store_op::ALL`]) failed.
+    pub fn store_error(&self, op: &str) {
+        self.store_errors.with_label_values(&[op]).inc();
+    }
+
+    /// The store's depth and oldest waiting message per route, replacing what was shown.
+    /// `routes` are the configured routes (their series exist at zero); rows of other routes
+    /// (removed by a reload, messages still held) are shown too.
+    pub fn queue_depth(
+        &self,
+        routes: &[String],
+        depth: &[(String, &'static str, u64)],
+        oldest: &[(String, Duration)],
+    ) {
+        self.queue_messages.reset();
+        self.queue_oldest.reset();
+        for r in routes {
+            for st in ["queued", "delivering", "delivered", "dead"] {
+                self.queue_messages.with_label_values(&[r, st]).set(0);
+            }
+            self.queue_oldest.with_label_values(&[r]).set(0);
+        }
+        for (route, state, n) in depth {
+            self.queue_messages
+                .with_label_values(&[route.as_str(), *state])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        for (route, age) in oldest {
+            self.queue_oldest
+                .with_label_values(&[route])
+                .set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
         }
     }
 
@@ -513,6 +719,11 @@ impl Metrics {
         let _ = self.overhead_duration.remove_label_values(&[route]);
         let _ = self.upstream_unsolicited.remove_label_values(&[route]);
         let _ = self.panics.remove_label_values(&[route]);
+        for o in delivery_outcome::ALL {
+            let _ = self.deliveries.remove_label_values(&[route, o]);
+        }
+        let _ = self.dead_letters.remove_label_values(&[route]);
+        let _ = self.duplicates.remove_label_values(&[route]);
     }
 
     /// A policy reload finished with `outcome` (`ok` or `error`).

@@ -14,10 +14,17 @@
 //! Body::read                    413 / 408 / 400, one deadline
 //! soap::parse                   400
 //! policy::check                 400 / 403 (ids, org, action, session id)
-//! inject::token                 503
-//! soap::rewrite                 403 (callback URL) / 500
-//! Deliver::deliver              Ack, or 502 / 504
-//! inject::after_delivery        drop an invalid token, scrub and cut a relayed fault
+//! queued route:
+//!   queue::body_to_store        403 (callback URL): the body as forwarded, without a token
+//!   queue::admit                Ack once durably committed (or a duplicate); 503 if full
+//!                               or the store fails
+//! direct route:
+//!   queue::seen_before          Ack without delivery for a duplicate (with dedupe); 503
+//!   inject::token               503
+//!   soap::rewrite               403 (callback URL) / 500
+//!   Deliver::deliver            Ack, or 502 / 504
+//!   inject::after_delivery      drop an invalid token, scrub and cut a relayed fault
+//!   queue::record_acked         (with dedupe)
 //! ```
 //! Each step's refusal is a [`Refusal`] (the sender's to fix, 4xx) or a [`Failure`] (ours or
 //! the receiver's, 5xx); `reject` turns either into the answer. What was learnt on the way goes
@@ -31,11 +38,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_http::RequestHeader;
 
+pub use crate::queue::Accepted;
 use crate::record::Facts;
 use crate::reject::{Failure, Refusal, Rejection};
 use crate::runtime::Generation;
+use crate::store::Store;
 use crate::upstream::{Delivery, Receivers, Report};
-use crate::{accept, inject, intake, policy, soap};
+use crate::{accept, inject, intake, policy, queue, soap};
 
 /// The receiver, as the pipeline sees it.
 #[async_trait]
@@ -78,6 +87,10 @@ pub struct Outside<'a> {
     pub clock: &'a dyn Clock,
     /// Messages in flight over all routes (for the drain).
     pub inflight_total: &'a Arc<AtomicUsize>,
+    /// The store, when `[store]` is configured.
+    pub store: Option<&'a dyn Store>,
+    /// Told when a message was queued, so a delivery worker looks at once.
+    pub queued: &'a tokio::sync::Notify,
 }
 
 /// The request head as read off the connection.
@@ -87,7 +100,7 @@ pub struct Head<'a> {
     pub raw_length_conflict: bool,
 }
 
-/// Run one message through every stage. `Ok` means the receiver acknowledged it. `facts`
+/// Run one message through every stage. `Ok` means Salesforce gets an Ack, and says why. `facts`
 /// collects what the record stage needs; `facts.body_read` says whether the body was consumed
 /// (if not, the connection cannot be reused).
 pub async fn run(
@@ -96,7 +109,7 @@ pub async fn run(
     head: &Head<'_>,
     body: &mut dyn Body,
     f: &mut Facts,
-) -> Result<(), Rejection> {
+) -> Result<Accepted, Rejection> {
     let config = &gen.config;
     let req = head.req;
     if head.raw_length_conflict {
@@ -152,6 +165,20 @@ pub async fn run(
         .as_ref()
         .ok_or(Failure::Internal("message lost"))?;
 
+    let store = || out.store.ok_or(Failure::StoreUnavailable);
+    if route.delivery.queued() {
+        let stored = queue::body_to_store(&state, &body, msg, plan.session)?;
+        let accepted = queue::admit(store()?, config, &state, msg, stored, &f.request_id).await?;
+        if let Accepted::Queued(id) = accepted {
+            f.queued = Some(id);
+            out.queued.notify_one();
+        }
+        return Ok(accepted);
+    }
+    if route.delivery.dedupe && queue::seen_before(store()?, &state, msg).await? {
+        return Ok(Accepted::Duplicate);
+    }
+
     let token = inject::token(&state, plan.session).await?;
     let how = inject::rewrite_for(plan.session, token.as_deref(), route.oauth.as_ref())?;
     let rewritten =
@@ -166,7 +193,7 @@ pub async fn run(
     let delivery = Delivery {
         route,
         body: forwarded,
-        client_ip: f.client_ip,
+        client_ip: Some(f.client_ip),
         soap_action: soap_action.as_deref(),
         bearer: bearer.map(|t| t.access_token.expose()),
         request_id: &f.request_id,
@@ -176,7 +203,11 @@ pub async fn run(
         state.metrics.unsolicited();
     }
     f.upstream = Some(report);
-    inject::after_delivery(&state, token.as_deref(), result).map_err(Rejection::from)
+    inject::after_delivery(&state, token.as_deref(), result)?;
+    if route.delivery.dedupe {
+        queue::record_acked(store()?, &state, msg).await;
+    }
+    Ok(Accepted::Delivered)
 }
 
 #[cfg(test)]

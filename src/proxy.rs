@@ -231,6 +231,8 @@ impl Listener {
             receiver: &rt.receivers,
             clock: &pipeline::SystemClock,
             inflight_total: rt.inflight_counter(),
+            store: rt.store.as_deref(),
+            queued: &rt.queued,
         };
         let mut body = SessionBody(s);
         // A panic anywhere in the pipeline still ends in a fault, a metric and an audit line
@@ -252,7 +254,7 @@ impl Listener {
             Err(Failure::Internal("panic").into())
         });
         let reply = match &result {
-            Ok(()) => Reply {
+            Ok(_) => Reply {
                 status: 200,
                 body: Bytes::from_static(upstream::CANONICAL_ACK),
                 close: false,
@@ -270,7 +272,7 @@ impl Listener {
             &rt.metrics,
             &rt.audit,
             &facts,
-            result.as_ref().map(|_| ()),
+            result.as_ref().copied(),
             reply.status,
         );
         reply

@@ -15,6 +15,7 @@ use crate::audit::{self, AuditLog, AuditRecord, SessionIdSeen};
 use crate::identity::PeerIdentity;
 use crate::metrics::{outcome, session_action, stage, Metrics};
 use crate::policy::Plan;
+use crate::queue::Accepted;
 use crate::reject::{Failure, Refusal, Rejection};
 use crate::runtime::RouteState;
 use crate::soap::{Message, SessionIdState};
@@ -34,6 +35,8 @@ pub struct Facts {
     pub upstream: Option<Report>,
     /// The request body was read whole (else the connection cannot be reused).
     pub body_read: bool,
+    /// Queued mode: the store's id of the committed message.
+    pub queued: Option<i64>,
 }
 
 impl Facts {
@@ -49,6 +52,7 @@ impl Facts {
             plan: None,
             upstream: None,
             body_read: false,
+            queued: None,
         }
     }
 }
@@ -68,14 +72,16 @@ pub fn record(
     m: &Metrics,
     audit_log: &AuditLog,
     f: &Facts,
-    result: Result<(), &Rejection>,
+    result: Result<Accepted, &Rejection>,
     status: u16,
 ) {
     let state = f.route.as_deref();
     let route = state.map_or("-", |r| r.route.name.as_str());
     let total = f.started.elapsed();
     let (decision, reason) = match result {
-        Ok(()) => (outcome::ACKED, None),
+        Ok(Accepted::Delivered) => (outcome::ACKED, None),
+        Ok(Accepted::Queued(_)) => (outcome::QUEUED, None),
+        Ok(Accepted::Duplicate) => (outcome::DUPLICATE, None),
         Err(r) => (r.answer().outcome, Some(r.reason())),
     };
     match state {
@@ -99,7 +105,7 @@ pub fn record(
     // A session id was stripped, removed, audited or injected only if the message went on.
     let action = match (&result, f.plan) {
         (Err(Rejection::Refused(Refusal::SessionIdRejected)), _) => Some(session_action::REJECTED),
-        (_, Some(p)) if f.upstream.is_some() => p.action,
+        (_, Some(p)) if f.upstream.is_some() || f.queued.is_some() => p.action,
         _ => None,
     };
     let upstream_time = f.upstream.as_ref().map(|u| u.elapsed);
@@ -146,6 +152,8 @@ pub fn record(
         ack: f.upstream.as_ref().and_then(|u| u.ack),
         duration_ms: total.as_secs_f64() * 1000.0,
         upstream_ms: upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+        message_id: f.queued,
+        attempt: None,
     };
     if audit_log.write(&rec).is_err() {
         m.audit_write_failure();

@@ -76,6 +76,10 @@ pub enum Failure {
     UpstreamBadAnswer(&'static str),
     #[error("obmguard is shutting down; retry later")]
     ShuttingDown,
+    #[error("obmguard's message store is full ({0}); retry later")]
+    StoreFull(&'static str),
+    #[error("obmguard's message store is unavailable; retry later")]
+    StoreUnavailable,
     #[error("obmguard failed to process the message ({0}); retry later")]
     Internal(&'static str),
 }
@@ -126,6 +130,8 @@ pub const REASONS: &[&str] = &[
     "upstream_status",
     "upstream_bad_answer",
     "shutting_down",
+    "store_full",
+    "store_unavailable",
     "internal",
 ];
 
@@ -181,6 +187,8 @@ impl Failure {
             UpstreamStatus(_) => "upstream_status",
             UpstreamBadAnswer(_) => "upstream_bad_answer",
             ShuttingDown => "shutting_down",
+            StoreFull(_) => "store_full",
+            StoreUnavailable => "store_unavailable",
             Internal(_) => "internal",
         }
     }
@@ -188,7 +196,8 @@ impl Failure {
     fn status_and_outcome(&self) -> (u16, &'static str) {
         use Failure::*;
         match self {
-            Overloaded | ShuttingDown => (503, outcome::REJECTED),
+            Overloaded | ShuttingDown | StoreFull(_) => (503, outcome::REJECTED),
+            StoreUnavailable => (503, outcome::STORE_ERROR),
             Internal(_) => (500, outcome::UPSTREAM_ERROR),
             TokenUnavailable(_) => (503, outcome::TOKEN_UNAVAILABLE),
             UpstreamUnreachable | UpstreamStatus(_) | UpstreamBadAnswer(_) => {
@@ -280,6 +289,8 @@ mod tests {
             Failure::UpstreamStatus(500).into(),
             Failure::UpstreamBadAnswer("x").into(),
             Failure::ShuttingDown.into(),
+            Failure::StoreFull("messages").into(),
+            Failure::StoreUnavailable.into(),
             Failure::Internal("x").into(),
         ];
         let reasons: Vec<&str> = all.iter().map(Rejection::reason).collect();

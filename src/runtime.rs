@@ -82,6 +82,11 @@ impl Generation {
         self.routes.get(path)
     }
 
+    /// Every route's state, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteState>> {
+        self.routes.values()
+    }
+
     fn by_name(&self, name: &str) -> Option<&Arc<RouteState>> {
         self.routes.values().find(|r| r.route.name == name)
     }
@@ -109,6 +114,8 @@ pub enum RuntimeError {
     Audit(crate::audit::AuditError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Store(crate::store::StoreError),
 }
 
 /// What a new connection takes once: the generation in force and its TLS acceptor.
@@ -141,6 +148,13 @@ pub struct Runtime {
     pub tokens: TokenBroker,
     pub receivers: Receivers,
     pub audit: AuditLog,
+    /// The message store, when `[store]` is configured (opened at start; changing `[store]`
+    /// needs a restart).
+    pub store: Option<Arc<dyn crate::store::Store>>,
+    /// Told when a message is queued, so a delivery worker looks at once.
+    pub queued: tokio::sync::Notify,
+    /// This process as a lease owner ([`crate::delivery::worker_id`]).
+    pub worker_id: String,
     /// The last good `@salesforce` set fetched by the periodic refresh, used by every reload
     /// while `[source.salesforce_refresh]` is on.
     pub refreshed_ranges: arc_swap::ArcSwapOption<crate::config::ranges::SalesforceRanges>,
@@ -159,6 +173,10 @@ impl Runtime {
             m.observe_token_fetch(outcome.label(), took);
         }));
         let receivers = Receivers::new(&config.limits, config.timeouts.upstream_connect);
+        let store = match &config.store {
+            Some(s) => Some(crate::store::open(s).map_err(RuntimeError::Store)?),
+            None => None,
+        };
         let first = Generation::build(1, config, None, &|o| tokens.source(&o.settings), &metrics);
         let rt = Arc::new(Runtime {
             admitted: Arc::new(ArcSwap::from_pointee(first.config.source.admitted.clone())),
@@ -171,6 +189,9 @@ impl Runtime {
             tokens,
             receivers,
             audit,
+            store,
+            queued: tokio::sync::Notify::new(),
+            worker_id: crate::delivery::worker_id(),
             refreshed_ranges: arc_swap::ArcSwapOption::empty(),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -305,6 +326,10 @@ fn restart_notes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.server.audit_log != new.server.audit_log {
         notes.push("server.audit_log");
+    }
+    let store_path = |c: &Config| c.store.as_ref().map(|s| s.path.clone());
+    if store_path(old) != store_path(new) {
+        notes.push("store.path");
     }
     if old.server.threads != new.server.threads {
         notes.push("server.threads");

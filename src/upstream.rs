@@ -65,7 +65,8 @@ pub struct Report {
 pub struct Delivery<'a> {
     pub route: &'a Route,
     pub body: Bytes,
-    pub client_ip: IpAddr,
+    /// The client the message came from (`X-Forwarded-For`); `None` for a queued message.
+    pub client_ip: Option<IpAddr>,
     pub soap_action: Option<&'a [u8]>,
     pub bearer: Option<&'a str>,
     pub request_id: &'a str,
@@ -266,8 +267,10 @@ impl Receivers {
             .map_err(internal)?;
         h.insert_header("Content-Length", d.body.len().to_string())
             .map_err(internal)?;
-        h.insert_header("X-Forwarded-For", d.client_ip.to_string())
-            .map_err(internal)?;
+        if let Some(ip) = d.client_ip {
+            h.insert_header("X-Forwarded-For", ip.to_string())
+                .map_err(internal)?;
+        }
         h.insert_header("X-Request-Id", d.request_id)
             .map_err(internal)?;
         if !keepalive {

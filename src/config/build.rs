@@ -18,7 +18,7 @@ use super::file::{self, S};
 use super::inputs::Inputs;
 use super::ranges::{self, IpSet, SalesforceRanges};
 use super::route::BuiltRoute;
-use super::{limits, route, server, source, timeouts, trust};
+use super::{limits, route, server, source, store, timeouts, trust};
 use super::{Config, Route, Routes, Source};
 
 /// What every section builder may need besides its table.
@@ -65,6 +65,7 @@ pub(super) fn load(
     let global = source::build_global(&mut d, &ctx, &base, &parsed.source, refreshed);
     let timeouts = timeouts::build(&mut d, &parsed.timeouts);
     let limits = limits::build(&mut d, &parsed.limits);
+    let store = store::build(&mut d, &ctx, &base, parsed.store.as_ref());
     let default_inflight = count(
         &mut d,
         &super::defaults::MAX_INFLIGHT_PER_ROUTE,
@@ -77,6 +78,7 @@ pub(super) fn load(
             salesforce: global.salesforce.as_ref(),
             global_allow: &global.allow,
             default_inflight,
+            has_store: parsed.store.is_some(),
         };
         routes = load_routes(&mut problems, &ctx, &dir, &rctx, path);
     }
@@ -121,6 +123,7 @@ pub(super) fn load(
         timeouts,
         limits,
         routes,
+        store,
         warnings: problems.warnings,
     })
 }

@@ -223,6 +223,52 @@ pub const HEADER: Fixed = Fixed {
     file: Route,
 };
 
+// [store]
+pub const STORE_MAX_MESSAGES: Setting =
+    int("store.max_messages", 1_000_000, 1, 1_000_000_000, Proxy);
+pub const STORE_MAX_BYTES: Setting = int(
+    "store.max_bytes",
+    4 * 1024 * 1024 * 1024,
+    1024 * 1024,
+    1024 * 1024 * 1024 * 1024,
+    Proxy,
+);
+pub const LEASE_MS: Setting = int("store.lease_ms", 30_000, 1_000, 3_600_000, Proxy);
+
+// A route's [delivery]
+pub const DELIVERY_MODE: Fixed = Fixed {
+    key: "delivery.mode",
+    default: "\"direct\"",
+    file: Route,
+};
+pub const CONCURRENCY: Setting = int("delivery.concurrency", 4, 1, 1_000, Route);
+pub const MAX_AGE_SECONDS: Setting =
+    int("delivery.max_age_seconds", 604_800, 1, 90 * 86_400, Route);
+pub const DEDUPE_WINDOW_SECONDS: Setting = int(
+    "delivery.dedupe_window_seconds",
+    172_800,
+    1,
+    90 * 86_400,
+    Route,
+);
+pub const RETRY_INITIAL_MS: Setting =
+    int("delivery.retry_initial_ms", 30_000, 100, 86_400_000, Route);
+pub const RETRY_MAX_MS: Setting = int("delivery.retry_max_ms", 7_200_000, 1_000, 86_400_000, Route);
+pub const ROUTE_MAX_MESSAGES: Setting = Setting {
+    key: "delivery.max_messages",
+    default: DefaultValue::Of(&STORE_MAX_MESSAGES),
+    min: 1,
+    max: 1_000_000_000,
+    file: Route,
+};
+pub const ROUTE_MAX_BYTES: Setting = Setting {
+    key: "delivery.max_bytes",
+    default: DefaultValue::Of(&STORE_MAX_BYTES),
+    min: 1024 * 1024,
+    max: 1024 * 1024 * 1024 * 1024,
+    file: Route,
+};
+
 /// Every integer setting, for the documentation test.
 pub const SETTINGS: &[Setting] = &[
     THREADS,
@@ -252,6 +298,16 @@ pub const SETTINGS: &[Setting] = &[
     TTL_SECONDS,
     CONNECT_TIMEOUT_MS,
     TIMEOUT_MS,
+    STORE_MAX_MESSAGES,
+    STORE_MAX_BYTES,
+    LEASE_MS,
+    CONCURRENCY,
+    MAX_AGE_SECONDS,
+    DEDUPE_WINDOW_SECONDS,
+    RETRY_INITIAL_MS,
+    RETRY_MAX_MS,
+    ROUTE_MAX_MESSAGES,
+    ROUTE_MAX_BYTES,
 ];
 
 /// Every other defaulted setting, for the documentation test.
@@ -264,6 +320,7 @@ pub const FIXED: &[Fixed] = &[
     AUDIENCE,
     REWRITE_URLS,
     HEADER,
+    DELIVERY_MODE,
 ];
 
 #[cfg(test)]

@@ -69,6 +69,31 @@ words!(SessionMode, "a mode", {
     "inject" => SessionMode::Inject,
 });
 
+/// `delivery.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum DeliveryMode {
+    /// Relay the receiver's verdict (Ack only for the receiver's Ack).
+    #[default]
+    Direct,
+    /// Commit durably, Ack, then deliver with retries.
+    Queued,
+}
+
+words!(DeliveryMode, "a delivery mode", {
+    "direct" => DeliveryMode::Direct,
+    "queued" => DeliveryMode::Queued,
+});
+
+impl DeliveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::Direct => "direct",
+            DeliveryMode::Queued => "queued",
+        }
+    }
+}
+
 /// `oauth.flow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -107,6 +132,7 @@ pub struct ProxyFile {
     pub timeouts: TimeoutsSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    pub store: Option<S<StoreSection>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +207,19 @@ pub struct LimitsSection {
     pub max_response_bytes: Option<S<i64>>,
 }
 
+/// `[store]`: where queued messages and the duplicate window rest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The embedded store's directory.
+    pub path: Option<S<String>>,
+    pub max_messages: Option<S<i64>>,
+    pub max_bytes: Option<S<i64>>,
+    pub lease_ms: Option<S<i64>>,
+    /// Bearer token for the admin listener's queue operations that change the store.
+    pub admin_token: Option<S<SecretSource>>,
+}
+
 /// One file under `policies/`: one route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +237,22 @@ pub struct RouteFile {
     pub source: Option<S<RouteSourceSection>>,
     pub message: S<MessageSection>,
     pub oauth: Option<S<OAuthSection>>,
+    pub delivery: Option<S<DeliverySection>>,
+}
+
+/// A route's `[delivery]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    pub mode: Option<S<DeliveryMode>>,
+    pub dedupe: Option<S<bool>>,
+    pub concurrency: Option<S<i64>>,
+    pub max_age_seconds: Option<S<i64>>,
+    pub dedupe_window_seconds: Option<S<i64>>,
+    pub retry_initial_ms: Option<S<i64>>,
+    pub retry_max_ms: Option<S<i64>>,
+    pub max_messages: Option<S<i64>>,
+    pub max_bytes: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,6 +29,7 @@ mod route;
 mod secrets;
 mod server;
 mod source;
+mod store;
 #[cfg(test)]
 mod tests;
 mod timeouts;
@@ -43,7 +44,7 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use diag::{Problem, Problems};
-pub use file::UnknownWord;
+pub use file::{DeliveryMode, UnknownWord};
 pub use inputs::{Inputs, System};
 pub use ranges::IpSet;
 pub use trust::{parse_pin, BadPin};
@@ -61,6 +62,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: Routes,
+    /// `[store]`, when configured.
+    pub store: Option<StoreConfig>,
     /// Non-fatal findings, printed by `check` and `serve`.
     pub warnings: Vec<Problem>,
 }
@@ -190,6 +193,66 @@ pub struct Route {
     pub source: IpSet,
     pub message: MessagePolicy,
     pub oauth: Option<RouteOAuth>,
+    /// `[delivery]`.
+    pub delivery: DeliveryPolicy,
+}
+
+/// `[store]`: the embedded store and its bounds.
+#[derive(Debug)]
+pub struct StoreConfig {
+    /// The store's directory (created 0700 if missing).
+    pub path: PathBuf,
+    /// Messages held (not yet delivered) over all routes; one more is answered 503.
+    pub max_messages: u64,
+    /// Body bytes held over all routes; past it, 503.
+    pub max_bytes: u64,
+    /// How long a delivery holds a message before another worker may take it.
+    pub lease: Duration,
+    /// Bearer token for the admin listener's queue operations that change the store.
+    pub admin_token: Option<crate::secret::Secret>,
+}
+
+/// A route's `[delivery]`: direct or queued, duplicates, retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    pub mode: DeliveryMode,
+    /// Drop messages whose every notification was accepted (queued) or acked (direct) within
+    /// `dedupe_window`.
+    pub dedupe: bool,
+    /// Deliveries at once on this route (across the fleet with a shared store).
+    pub concurrency: usize,
+    /// After this age a message that still fails becomes a dead letter.
+    pub max_age: Duration,
+    pub dedupe_window: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// The route's own share of the store, when set.
+    pub max_messages: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        let secs = |s: &defaults::Setting| Duration::from_secs(s.value() as u64);
+        let ms = |s: &defaults::Setting| Duration::from_millis(s.value() as u64);
+        DeliveryPolicy {
+            mode: DeliveryMode::Direct,
+            dedupe: false,
+            concurrency: defaults::CONCURRENCY.value() as usize,
+            max_age: secs(&defaults::MAX_AGE_SECONDS),
+            dedupe_window: secs(&defaults::DEDUPE_WINDOW_SECONDS),
+            retry_initial: ms(&defaults::RETRY_INITIAL_MS),
+            retry_max: ms(&defaults::RETRY_MAX_MS),
+            max_messages: None,
+            max_bytes: None,
+        }
+    }
+}
+
+impl DeliveryPolicy {
+    pub fn queued(&self) -> bool {
+        self.mode == DeliveryMode::Queued
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -21,6 +21,8 @@ pub(super) struct RouteCtx<'a> {
     pub salesforce: Option<&'a NamedSet>,
     pub global_allow: &'a IpSet,
     pub default_inflight: usize,
+    /// obmguard.toml has a `[store]` (queued routes and dedupe need one).
+    pub has_store: bool,
 }
 
 /// A route and the lines of its name and path, for the duplicate checks across files.
@@ -85,6 +87,7 @@ pub(super) fn build(
     if message.session_id == SessionMode::Audit {
         d.warn(mode.map(span), "message.session_id", "audit mode forwards session ids unchanged: move to strip or inject once `obmguard report` shows what still depends on them");
     }
+    let delivery = super::store::build_delivery(d, rf, message.session_id, rctx.has_store);
     if d.error_count() != errors_before {
         return None;
     }
@@ -105,6 +108,7 @@ pub(super) fn build(
             source,
             message,
             oauth,
+            delivery,
         },
     })
 }

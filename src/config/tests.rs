@@ -897,3 +897,72 @@ fn the_configuration_file_itself_unreadable_or_malformed() {
         "holds no *.toml route policy",
     );
 }
+
+#[test]
+fn delivery_settings_load_with_their_defaults_and_cross_checks() {
+    let queued = "[delivery]\nmode = \"queued\"\nconcurrency = 2\nretry_initial_ms = 500\nretry_max_ms = 1000\n";
+    let io = world(
+        &proxy_toml("\n[store]\npath = \"state\"\nmax_messages = 10\nlease_ms = 2000\n"),
+        &[
+            ("a.toml", route_toml("a", "/obm/a", queued)),
+            ("b.toml", route_toml("b", "/obm/b", "")),
+        ],
+    );
+    let c = ok(&io);
+    let store = c.store.as_ref().expect("[store]");
+    assert_eq!(store.path, Path::new("/cfg/state"));
+    assert_eq!(
+        (store.max_messages, store.lease),
+        (10, Duration::from_millis(2000))
+    );
+    let a = &route(&c, "a").delivery;
+    assert!(a.queued() && a.dedupe, "queued routes dedupe by default");
+    assert_eq!(a.concurrency, 2);
+    assert_eq!(a.max_age, Duration::from_secs(604_800));
+    assert_eq!(a.dedupe_window, Duration::from_secs(172_800));
+    let b = &route(&c, "b").delivery;
+    assert!(!b.queued() && !b.dedupe);
+
+    // Without a [store]: queued and dedupe are errors naming the file, line and key.
+    let io = world(
+        &proxy_toml(""),
+        &[
+            ("a.toml", route_toml("a", "/obm/a", queued)),
+            ("c.toml", route_toml("c", "/obm/c", "[delivery]\ndedupe = true\n")),
+            (
+                "d.toml",
+                route_toml(
+                    "d",
+                    "/obm/d",
+                    "session_id = \"audit\"\n[delivery]\nmode = \"queued\"\nretry_initial_ms = 5000\nretry_max_ms = 1000\n",
+                ),
+            ),
+        ],
+    );
+    let e = errors(&io);
+    has_error(
+        &e,
+        "/cfg/policies/a.toml:8: delivery",
+        "needs a store: add [store] path",
+    );
+    has_error(
+        &e,
+        "/cfg/policies/c.toml:8: delivery",
+        "dedupe = true needs a store",
+    );
+    has_error(
+        &e,
+        "/cfg/policies/d.toml:9: delivery.mode",
+        "may not use session_id = \"audit\"",
+    );
+    has_error(
+        &e,
+        "/cfg/policies/d.toml:11: delivery.retry_max_ms",
+        "shorter than retry_initial_ms",
+    );
+
+    let io = world(&proxy_toml("\n[store]\nmax_bytes = 5\n"), &[]);
+    let e = errors(&io);
+    has_error(&e, "/cfg/obmguard.toml:12: store", "needs path");
+    has_error(&e, "/cfg/obmguard.toml:13: store.max_bytes", "out of range");
+}

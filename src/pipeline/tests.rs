@@ -130,6 +130,8 @@ struct World {
     gen: Generation,
     tokens: Arc<FakeTokens>,
     total: Arc<AtomicUsize>,
+    store: Arc<dyn crate::store::Store>,
+    queued: tokio::sync::Notify,
 }
 
 fn route(name: &str, mode: &str, extra: &str) -> String {
@@ -169,6 +171,18 @@ fn world(token_fails: bool) -> World {
                 "max_inflight = 1\n[identity]\nsubject_cn = [\"someone.else\"]\n[source]\nallow = [\"10.0.0.0/8\"]\n",
             ),
         ),
+        (
+            "queued",
+            route("queued", "strip", "[delivery]\nmode = \"queued\"\nmax_messages = 2\n"),
+        ),
+        (
+            "qinject",
+            route("qinject", "inject", "[delivery]\nmode = \"queued\"\n") + &oauth,
+        ),
+        (
+            "dedupe",
+            route("dedupe", "strip", "[delivery]\ndedupe = true\n"),
+        ),
     ];
     for (name, text) in &routes {
         std::fs::write(policies.join(format!("{name}.toml")), text).unwrap();
@@ -177,7 +191,7 @@ fn world(token_fails: bool) -> World {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = [\"127.0.0.1:8443\"]\ntls_cert = {:?}\ntls_key = {:?}\npolicies = \"policies\"\n\n[client_cert]\nca_bundle = {:?}\n\n[source]\nallow = [\"127.0.0.1/32\"]\n",
+            "[server]\nlisten = [\"127.0.0.1:8443\"]\ntls_cert = {:?}\ntls_key = {:?}\npolicies = \"policies\"\n\n[client_cert]\nca_bundle = {:?}\n\n[source]\nallow = [\"127.0.0.1/32\"]\n\n[store]\npath = \"store\"\n",
             pki.server.cert.display().to_string(),
             pki.server.key.display().to_string(),
             pki.client_ca.display().to_string(),
@@ -185,6 +199,7 @@ fn world(token_fails: bool) -> World {
     )
     .unwrap();
     let config = crate::config::load(&config).unwrap_or_else(|p| panic!("{p:?}"));
+    let store = crate::store::open(config.store.as_ref().unwrap()).unwrap();
     let tokens = Arc::new(FakeTokens {
         fail: token_fails,
         invalidated: AtomicUsize::new(0),
@@ -197,6 +212,8 @@ fn world(token_fails: bool) -> World {
         gen,
         tokens,
         total: Arc::new(AtomicUsize::new(0)),
+        store,
+        queued: tokio::sync::Notify::new(),
     }
 }
 
@@ -222,14 +239,14 @@ fn head(method: &str, path: &str, content_type: &str, length: Option<usize>) -> 
 }
 
 struct Outcome {
-    result: Result<(), Rejection>,
+    result: Result<Accepted, Rejection>,
     facts: Facts,
 }
 
 impl Outcome {
     fn status(&self) -> u16 {
         match &self.result {
-            Ok(()) => 200,
+            Ok(_) => 200,
             Err(r) => r.answer().status,
         }
     }
@@ -251,6 +268,8 @@ async fn send_with(
         receiver: recv,
         clock: &FixedClock(NOW),
         inflight_total: &w.total,
+        store: Some(w.store.as_ref()),
+        queued: &w.queued,
     };
     let peer: SocketAddr = peer.parse().unwrap();
     let mut facts = Facts::new("test".into(), peer, ident);
@@ -575,4 +594,83 @@ async fn inject_scrubs_faults_drops_invalid_tokens_and_verifies_urls() {
     let o = send(&w, &recv, "/inject", nil()).await;
     assert_eq!((o.status(), o.reason()), (503, "token_unavailable"));
     assert!(recv.bodies().is_empty());
+}
+
+fn notifications(n: usize) -> Vec<u8> {
+    Sample {
+        notifications: n,
+        ..Sample::default()
+    }
+    .body()
+}
+
+#[tokio::test]
+async fn a_queued_route_acks_only_what_it_committed_and_stores_no_secret() {
+    let w = world(false);
+    let recv = FakeReceiver::default();
+    let o = send(&w, &recv, "/queued", with_value()).await;
+    let Ok(Accepted::Queued(id)) = o.result else {
+        panic!("not queued: {:?}", o.result.err().map(|r| r.reason()));
+    };
+    assert_eq!(o.facts.queued, Some(id));
+    assert!(
+        recv.bodies().is_empty(),
+        "queued mode delivers later, not in the request"
+    );
+    let stored = w.store.show(id, true).await.unwrap().unwrap();
+    let body = stored.body.unwrap();
+    assert_eq!(session_state(&body), SessionIdState::Nil);
+    assert!(!String::from_utf8_lossy(&body).contains(SESSION_ID));
+    assert_eq!(stored.summary.route, "queued");
+    assert_eq!(stored.summary.notification_ids.len(), 1);
+
+    // Salesforce's retry of the same message: an Ack, nothing stored twice.
+    let again = send(&w, &recv, "/queued", with_value()).await;
+    assert!(matches!(again.result, Ok(Accepted::Duplicate)));
+    // A partial overlap is stored; then the route's max_messages (2) is reached: 503.
+    let partial = send(&w, &recv, "/queued", notifications(2)).await;
+    assert!(matches!(partial.result, Ok(Accepted::Queued(_))));
+    let full = send(&w, &recv, "/queued", notifications(3)).await;
+    assert_eq!((full.status(), full.reason()), (503, "store_full"));
+    let fault = full.result.unwrap_err().answer().body;
+    assert!(String::from_utf8_lossy(&fault).contains("soapenv:Server"));
+    assert!(recv.bodies().is_empty());
+}
+
+#[tokio::test]
+async fn a_queued_inject_route_stores_the_message_without_a_token() {
+    let w = world(true);
+    let recv = FakeReceiver::default();
+    // The token endpoint is down: the message is still accepted (the token is fetched at
+    // delivery time), and what rests has neither the session id nor a token.
+    let o = send(&w, &recv, "/qinject", with_value()).await;
+    let Ok(Accepted::Queued(id)) = o.result else {
+        panic!("not queued: {:?}", o.result.err().map(|r| r.reason()));
+    };
+    let body = w.store.show(id, true).await.unwrap().unwrap().body.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains(SESSION_ID) && !text.contains(TOKEN),
+        "{text}"
+    );
+    assert_eq!(session_state(&body), SessionIdState::Nil);
+    assert!(recv.bodies().is_empty());
+}
+
+#[tokio::test]
+async fn direct_with_dedupe_delivers_a_message_the_receiver_acked_only_once() {
+    let w = world(false);
+    let recv = FakeReceiver::answering(Failure::UpstreamNack);
+    // A Nack is not remembered: the retry is delivered.
+    let first = send(&w, &recv, "/dedupe", nil()).await;
+    assert_eq!(first.reason(), "nack");
+    let second = send(&w, &recv, "/dedupe", nil()).await;
+    assert!(matches!(second.result, Ok(Accepted::Delivered)));
+    let third = send(&w, &recv, "/dedupe", nil()).await;
+    assert!(matches!(third.result, Ok(Accepted::Duplicate)));
+    assert_eq!(recv.bodies().len(), 2, "the duplicate was not delivered");
+    // A message with one new notification is delivered.
+    let more = send(&w, &recv, "/dedupe", notifications(2)).await;
+    assert!(matches!(more.result, Ok(Accepted::Delivered)));
+    assert_eq!(recv.bodies().len(), 3);
 }

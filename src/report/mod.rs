@@ -93,6 +93,9 @@ struct Line {
     session_action: Option<String>,
     mode: Option<String>,
     decision: String,
+    /// Set on the records of a queued message's deliveries (not a message from Salesforce).
+    #[serde(default)]
+    attempt: Option<u32>,
 }
 
 /// One day of one row (or of the whole file).
@@ -199,10 +202,14 @@ impl Pair {
         if let Some(mode) = line.mode {
             insert_bounded(&mut self.modes, mode);
         }
-        if let Some(n) = self.decisions.get_mut(&line.decision) {
+        self.add_decision(line.decision);
+    }
+
+    fn add_decision(&mut self, decision: String) {
+        if let Some(n) = self.decisions.get_mut(&decision) {
             *n += 1;
         } else if self.decisions.len() < MAX_SET {
-            self.decisions.insert(line.decision, 1);
+            self.decisions.insert(decision, 1);
         }
     }
 
@@ -393,7 +400,13 @@ fn aggregate(mut reader: impl BufRead) -> std::io::Result<(Pairs, Summary)> {
                     clip(line.organization_id.clone().unwrap_or_else(|| "-".into())),
                     clip(line.action_id.clone().unwrap_or_else(|| "-".into())),
                 );
-                pairs.entry(key).or_default().add(line);
+                let pair = pairs.entry(key).or_default();
+                if line.attempt.is_some() {
+                    // A delivery of a message counted when it was accepted: its outcome only.
+                    pair.add_decision(clip(line.decision));
+                } else {
+                    pair.add(line);
+                }
             }
             Err(_) => summary.malformed += 1,
         }
@@ -568,6 +581,8 @@ mod tests {
             ack: Some(true),
             duration_ms: 3.0,
             upstream_ms: Some(2.0),
+            message_id: None,
+            attempt: None,
         };
         serde_json::to_string(&r).unwrap()
     }

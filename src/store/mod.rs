@@ -44,6 +44,15 @@ pub use sqlite::{OpenOptions, SqliteStore, WriterStats};
 #[cfg(test)]
 mod tests;
 
+/// The database file of the embedded store inside `[store] path`.
+pub const SQLITE_FILE: &str = "obmguard.sqlite3";
+
+/// Open the store `[store]` names. Blocking: call it at start-up (or off the runtime).
+pub fn open(c: &crate::config::StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let s = SqliteStore::open(c.path.join(SQLITE_FILE), OpenOptions::default())?;
+    Ok(std::sync::Arc::new(s))
+}
+
 /// A message that passed every check, ready to be committed.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
@@ -342,6 +351,11 @@ pub trait Store: Send + Sync {
         concurrency: usize,
         now: SystemTime,
     ) -> Result<Option<Claimed>, StoreError>;
+
+    /// Leases held by workers whose id starts with `owner_prefix` end now: their messages are
+    /// due at `now`. For start-up, to take back what a process that died was delivering
+    /// (without waiting for its leases to expire). Returns how many.
+    async fn release(&self, owner_prefix: &str, now: SystemTime) -> Result<usize, StoreError>;
 
     /// The receiver acked message `id`. Applies even if `worker`'s lease has expired (an Ack
     /// is a fact); `false` if the message is no longer waiting (dropped, or already

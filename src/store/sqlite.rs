@@ -417,6 +417,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn release(&self, owner_prefix: &str, now: SystemTime) -> Result<usize, StoreError> {
+        let (prefix, now) = (owner_prefix.to_owned(), ms(now));
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE messages SET state = 'queued', lease_owner = NULL, \
+                         next_attempt_ms = ?2 \
+                     WHERE state = 'delivering' \
+                         AND substr(lease_owner, 1, length(?1)) = ?1",
+                )?
+                .execute(params![prefix, now])?;
+            Ok(n)
+        })
+        .await
+    }
+
     async fn delivered(&self, id: i64, _worker: &str) -> Result<bool, StoreError> {
         let now = ms(SystemTime::now());
         self.write(move |c| {
