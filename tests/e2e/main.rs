@@ -13,6 +13,7 @@ mod faults;
 mod monitoring;
 mod oauth;
 mod ops;
+mod queue;
 mod ranges;
 mod redteam;
 mod report_page;

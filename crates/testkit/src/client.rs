@@ -491,9 +491,25 @@ fn timed_out(what: &str) -> io::Error {
 /// Plain-HTTP GET (the admin listener: /healthz, /readyz, /metrics): (status, body), bounded
 /// by a 5 s timeout.
 pub async fn admin_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    admin_request(addr, "GET", path, None).await
+}
+
+/// One plain-HTTP request without a body to the admin listener, with `Authorization:
+/// Bearer` when `bearer` is given: status and body.
+pub async fn admin_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> io::Result<(u16, String)> {
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await?;

@@ -34,6 +34,9 @@ pub struct Sample {
     pub notifications: usize,
     /// Host of the Enterprise/Partner URLs, e.g. `acme.my.salesforce.com`.
     pub instance: String,
+    /// The index of the first notification's id ([`notification_id`]): messages with
+    /// different values carry different Notification Ids.
+    pub first_notification: usize,
 }
 
 impl Default for Sample {
@@ -44,6 +47,7 @@ impl Default for Sample {
             session_id: Some(SESSION_ID.to_string()),
             notifications: 1,
             instance: "acme.my.salesforce.com".to_string(),
+            first_notification: 0,
         }
     }
 }
@@ -51,7 +55,7 @@ impl Default for Sample {
 impl Sample {
     /// The SOAP envelope as UTF-8 bytes. Values are XML-escaped. The URLs carry the first 15
     /// characters of `org_id`, as Salesforce's do. Notification `i` (from 0) has the id
-    /// [`notification_id`]`(i)` and an Account with id [`account_id`]`(i)`.
+    /// [`notification_id`]`(first_notification + i)` and an Account with id [`account_id`]`(i)`.
     pub fn body(&self) -> Vec<u8> {
         let org15: String = self.org_id.chars().take(15).collect();
         let base = format!("https://{}/services/Soap", escape(&self.instance));
@@ -86,7 +90,7 @@ impl Sample {
     </sObject>
    </Notification>
 "#,
-                notification_id(i),
+                notification_id(self.first_notification + i),
                 account_id(i),
             );
         }
