@@ -238,8 +238,9 @@ fn route_summary(c: &Config) -> String {
         .routes
         .iter()
         .map(|r| {
+            let queued = if r.delivery.queued() { ", queued" } else { "" };
             format!(
-                "{} {} -> {} ({})",
+                "{} {} -> {} ({}{queued})",
                 r.name,
                 r.path,
                 r.upstream.url,

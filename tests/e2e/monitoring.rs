@@ -245,7 +245,16 @@ async fn dashboard_and_alert_expressions_return_series_from_a_real_prometheus() 
                     tokens.url(),
                     secret.display().to_string()
                 ),
+        )
+        .route(
+            "queued.toml",
+            route("queued", "/queued", &recv.url("/q"), "strip")
+                + "\n[delivery]\nmode = \"queued\"\n",
         );
+    s.extra = format!(
+        "\n[store]\npath = {:?}\n",
+        w.path("store").display().to_string()
+    );
     s.source = format!(
         "allow = [\"127.0.0.1/32\", \"@salesforce\"]\n\n[source.salesforce_refresh]\nurl = {:?}\nca_file = {:?}\n",
         ranges.url("/ip-ranges.json"),
@@ -261,6 +270,7 @@ async fn dashboard_and_alert_expressions_return_series_from_a_real_prometheus() 
         ("/accounts", true),
         ("/accounts", false),
         ("/inject", false),
+        ("/queued", true),
     ] {
         let body = notification(sid.then_some(SESSION_ID));
         assert_eq!(p.status(&c, path, &body).await, 200, "{}", p.logs());

@@ -594,3 +594,42 @@ async fn without_an_admin_token_the_queue_cannot_be_changed_over_http() {
     assert_eq!((code, out.trim()), (0, "drop: 1 message(s)"));
     assert!(queue_json(&p.config, &[]).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_moved_back_to_direct_still_delivers_what_it_queued() {
+    let w = World::new();
+    let port = free_port();
+    let upstream = format!("http://127.0.0.1:{port}/soap");
+    let s = with_store(
+        &w,
+        Setup::new(&w).route("q.toml", queued_route(&upstream, "strip", "")),
+        "",
+    );
+    let p = Proxy::start(&w, &s).await;
+    for k in 0..3 {
+        assert_eq!(p.status(&w.salesforce(), "/q", &msg(k)).await, 200);
+    }
+    // The route goes back to direct: new messages get the receiver's verdict (down: 502).
+    write(
+        &w.path("policies/q.toml"),
+        &route("q", "/q", &upstream, "strip"),
+    );
+    crate::ops::wait_for(&p, "obmguard_policy_generation", 2.0).await;
+    let r = p.post(&w.salesforce(), "/q", &msg(10)).await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.body_str());
+    // What it queued is still delivered once the receiver is back.
+    let recv = Receiver::start_on(format!("127.0.0.1:{port}").parse().unwrap(), Behaviour::Ack)
+        .await
+        .unwrap();
+    eventually(
+        "the queued messages delivered",
+        Duration::from_secs(15),
+        || (0..3).all(|k| deliveries_of(&recv, k) == 1),
+    )
+    .await;
+    assert_eq!(
+        deliveries_of(&recv, 10),
+        0,
+        "the direct message was answered 502, not queued"
+    );
+}
