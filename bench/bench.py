@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
 PROXIES = ["nginx", "haproxy", "obmguard-audit", "obmguard-strip"]
-TLS_TARGETS = set(PROXIES)
+TLS_TARGETS = set(PROXIES) | {"obmguard-queued"}
 
 # Where obmguard should land (issue 7).
 GOALS = {
@@ -38,6 +38,8 @@ GOALS = {
     "newconn_cpu_vs_nginx": "obmguard CPU/new connection <= half of nginx's (full and resumed)",
     "latency_p50_added": "obmguard p50 - direct p50 <= 0.2 ms at 2000 req/s",
     "idle_rss": "obmguard RSS with 1,000 idle mTLS connections <= 64 MB",
+    "queued_commits": "obm queued: at least 2,000 messages/s durably committed",
+    "queued_cpu": "obm queued: CPU per message (commit + delivery) at most 1.5x direct's",
 }
 
 
@@ -79,6 +81,8 @@ class Bench:
         s["haproxy"] = C.start_haproxy(self.work, self.pki)
         for mode in ("audit", "strip"):
             s[f"obmguard-{mode}"] = C.start_obmguard(self.work, self.pki, self.binary, mode)
+        if any("obmguard-queued" in sc["targets"] for sc in self.scenarios()):
+            s["obmguard-queued"] = C.start_obmguard(self.work, self.pki, self.binary, "queued")
 
     def stop(self):
         for s in self.services.values():
@@ -234,6 +238,9 @@ class Bench:
         before = self.snapshot()
         if sc["kind"] == "oha":
             res, gen_cpu = self.oha(target, sc, size)
+            if target == "obmguard-queued":
+                # Its CPU per message includes delivering what it committed.
+                res["drain_s"] = self.drain_queue()
         elif sc["kind"] == "newconn":
             res, gen_cpu = self.curl_newconn(target, sc, size)
         else:
@@ -254,6 +261,19 @@ class Bench:
         if sc["kind"] == "idle":
             rec["busy"] = False  # memory, not time: a busy machine does not change it
         return rec
+
+    def drain_queue(self, limit=120.0):
+        """Wait until the queued instance has delivered everything it committed; seconds."""
+        t0 = time.monotonic()
+        admin = C.PORTS["admin-queued"]
+        while time.monotonic() - t0 < limit:
+            m = C.metrics(admin)
+            queued = m.get('obmguard_requests_total{outcome="queued",route="obm"}', 0)
+            done = m.get('obmguard_deliveries_total{outcome="delivered",route="obm"}', 0)
+            if done >= queued:
+                break
+            time.sleep(0.05)
+        return round(time.monotonic() - t0, 2)
 
     def warm(self, sc, target):
         if sc["kind"] == "oha":
@@ -283,6 +303,15 @@ class Bench:
              "what": "keep-alive, 32 connections, 5 KB notification (10 notifications)"},
             {"name": "body50k", "kind": "oha", "targets": PROXIES, "body": "50k", "c": 32,
              "what": "keep-alive, 32 connections, 50 KB notification (100 notifications)"},
+            {"name": "queued", "kind": "oha", "targets": ["obmguard-strip", "obmguard-queued"],
+             "body": "1k", "c": 32,
+             "what": "keep-alive, 32 connections, saturation: direct (strip) against queued "
+                     "(every message committed with fsync, then delivered)"},
+            {"name": "queued-rate200", "kind": "oha",
+             "targets": ["obmguard-strip", "obmguard-queued"], "body": "1k", "c": 8,
+             "qps": 200,
+             "what": "fixed 200 msg/s: Ack latency of direct (the receiver's) against queued "
+                     "(the commit's)"},
             {"name": "idle1000", "kind": "idle", "targets": PROXIES, "body": "1k",
              "n": a.idle_connections,
              "what": f"{a.idle_connections} idle mTLS connections, one request each; VmRSS"},
@@ -438,6 +467,12 @@ def derive(summary):
             med(summary, sc, "obmguard-audit", "cpu_us_per_req"))
     for t in PROXIES:
         r[f"idle1000: {t} RSS (MB)"] = med(summary, "idle1000", t, "rss_mb")
+    r["queued: CPU/msg queued ÷ direct"] = ratio(
+        med(summary, "queued", "obmguard-queued", "cpu_us_per_req"),
+        med(summary, "queued", "obmguard-strip", "cpu_us_per_req"))
+    for t in ("obmguard-strip", "obmguard-queued"):
+        for p in ("p50_ms", "p99_ms"):
+            r[f"queued-rate200: {t} {p[:-3]} (ms)"] = med(summary, "queued-rate200", t, p)
     return {k: v for k, v in r.items() if v is not None}
 
 
@@ -468,6 +503,14 @@ def goals(summary):
         m = med(summary, "idle1000", f"obmguard-{mode}", "rss_mb")
         if m is not None:
             add("idle_rss", m, m <= 64, f"{mode}: {m} MB")
+    q = med(summary, "queued", "obmguard-queued", "rps")
+    if q is not None:
+        add("queued_commits", q, q >= 2000, f"{q} messages/s acked after their commit")
+    qc = med(summary, "queued", "obmguard-queued", "cpu_us_per_req")
+    dc = med(summary, "queued", "obmguard-strip", "cpu_us_per_req")
+    if qc and dc:
+        add("queued_cpu", round(qc / dc, 2), qc <= 1.5 * dc,
+            f"queued {qc} µs vs direct {dc} µs per message")
     return out
 
 
@@ -562,9 +605,15 @@ def markdown(result):
              "taken from runs discarded as busy because no quiet run was had.\n")
     if m.get("note"):
         L.append(f"**Note:** {m['note']}\n")
+    if m.get("fsync_ops_per_s"):
+        f = m["fsync_ops_per_s"]
+        L.append("The disk under the store (pg_test_fsync, one 8 kB write then sync): "
+                 + ", ".join(f"{k} {v:,.0f}/s" for k, v in f.items())
+                 + ". The queued figures are commits on this disk: obmguard groups concurrent "
+                 "messages into one commit and one fsync.\n")
     for sc in result["scenarios"]:
         name = sc["name"]
-        kind = "rate" if name == "rate2000" else sc["kind"]
+        kind = "rate" if name in ("rate2000", "queued-rate200") else sc["kind"]
         cols = SCENARIO_COLUMNS[kind]
         L.append(f"## {name}: {sc['what']}\n")
         L.append("| target | valid/invalid/busy runs | " + " | ".join(c[1] for c in cols) + " |")
@@ -581,7 +630,7 @@ def markdown(result):
     if any(t.get("from_busy_runs") for sc in result["summary"].values() for t in sc.values()):
         L.append("\nSome figures (†) come only from runs discarded as busy: treat the ratios "
                  "and goals that use them as indicative.")
-    L.append("\n## Goals (issue 7)\n")
+    L.append("\n## Goals\n")
     L.append("| goal | met | detail |")
     L.append("|---|---|---|")
     for g in result["goals"]:
@@ -651,7 +700,9 @@ def main():
                  "mode": "quick" if a.quick else "full", "reps": a.reps,
                  "duration_s": a.duration, "idle_connections": a.idle_connections,
                  "busy_threshold": a.busy_threshold, "busy_criterion": "unaccounted cores",
-                 "versions": versions(b)},
+                 "versions": versions(b),
+                 # The disk the store is on: what one synchronous write costs.
+                 "fsync_ops_per_s": C.fsync_cost(b.work / "fsync")},
         "scenarios": [{k: v for k, v in sc.items() if k != "targets"} | {"targets": sc["targets"]}
                       for sc in b.scenario_list],
         "summary": summary,

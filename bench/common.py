@@ -41,8 +41,10 @@ PORTS = {
     "haproxy": 18444,
     "obmguard-audit": 18445,
     "obmguard-strip": 18446,
+    "obmguard-queued": 18447,
     "admin-audit": 18545,
     "admin-strip": 18546,
+    "admin-queued": 18547,
 }
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -272,7 +274,10 @@ def obmguard_conf(d: Path, pki: Path, mode: str, extra_routes=(), limits="", mes
                   audit_log=None):
     """obmguard.toml and policies/ for one instance; returns the config path. The route /obm
     forwards to the backend's Ack; `extra_routes` adds (name, path, upstream, extra lines of
-    the [message] table)."""
+    the [message] table). `mode` is the session id mode, or `queued`: strip, with the route in
+    queued delivery and the store in the instance's var directory (on the same disk as
+    everything else). The benchmark sends one body over and over, so that route does not
+    dedupe: every message is committed."""
     d.mkdir(parents=True, exist_ok=True)
     # Logs live apart from the configuration, as in a deployment (/etc vs /var/log): obmguard
     # watches its configuration directory for changes.
@@ -288,6 +293,11 @@ def obmguard_conf(d: Path, pki: Path, mode: str, extra_routes=(), limits="", mes
     pol.mkdir(exist_ok=True)
     port = PORTS[f"obmguard-{mode}"]
     admin = PORTS[f"admin-{mode}"]
+    store, delivery, session = "", "", mode
+    if mode == "queued":
+        session = "strip"
+        store = f'[store]\npath = "{var / "store"}"\n'
+        delivery = '[delivery]\nmode = "queued"\ndedupe = false\nconcurrency = 32\n'
     (d / "obmguard.toml").write_text(f"""[server]
 listen = ["127.0.0.1:{port}"]
 tls_cert = "{tls}/server.crt"
@@ -308,7 +318,7 @@ allow = ["127.0.0.1/32"]
 max_connections = 16384
 max_connections_per_source = 16384
 {limits}
-""")
+{store}""")
     routes = [("obm", "/obm", f"http://127.0.0.1:{PORTS['backend']}/ack", message)]
     routes += list(extra_routes)
     for name, path, upstream, message_extra in routes:
@@ -319,11 +329,11 @@ upstream_timeout_ms = 5000
 
 [message]
 organization_ids = ["{ORG_ID}"]
-session_id = "{mode}"
+session_id = "{session}"
 {message_extra}
 [identity]
 subject_cn = ["{CLIENT_CN}"]
-""")
+{delivery if path == "/obm" else ""}""")
     return d / "obmguard.toml"
 
 
@@ -450,6 +460,53 @@ def wait_tcp(port, what, timeout=20.0, proc=None):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on {port} within {timeout}s")
+
+
+def metrics(admin_port):
+    """The admin listener's /metrics as {series: value} ({} if it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass
+    return out
+
+
+def fsync_cost(directory: Path):
+    """What one small synchronous write costs on the disk under `directory`, from PostgreSQL's
+    pg_test_fsync (8 kB writes, 2 s per method): {method: ops/s}, or {} without it."""
+    import glob
+    tools = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_test_fsync"))
+    if not tools:
+        return {}
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        out = subprocess.run([tools[-1], "-s", "2", "-f", str(directory / "fsync.test")],
+                             capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    res, section = {}, None
+    for line in out.splitlines():
+        if line.startswith("Compare file sync methods using one"):
+            section = "one 8kB write"
+        elif line.startswith("Compare"):
+            section = None
+        elif section and "ops/sec" in line:
+            parts = line.split()
+            name = parts[0]
+            try:
+                res[name] = float(parts[parts.index("ops/sec") - 1])
+            except (ValueError, IndexError):
+                pass
+    return res
 
 
 def wait_ready(admin_port, what, timeout=20.0, proc=None):

@@ -126,6 +126,17 @@ pub fn retry_policy(route: &crate::config::Route) -> RetryPolicy {
     }
 }
 
+/// The lease a delivery on `route` takes: `[store] lease_ms`, but never shorter than the
+/// longest the delivery may legitimately take (a token fetch, then the receiver's timeout,
+/// plus a margin), so a slow but live delivery never loses its message to a second worker.
+pub fn lease_for(route: &crate::config::Route, lease_ms: Duration) -> Duration {
+    let token = route
+        .oauth
+        .as_ref()
+        .map_or(Duration::ZERO, |o| o.settings.total_timeout);
+    lease_ms.max(route.upstream_timeout + token + Duration::from_secs(2))
+}
+
 /// The background service that runs the dispatcher and the housekeeping.
 pub struct Deliveries {
     pub rt: Arc<Runtime>,
@@ -173,6 +184,7 @@ async fn dispatch(
     for state in gen.routes() {
         let name = &state.route.name;
         let limit = state.route.delivery.concurrency;
+        let lease = lease_for(&state.route, lease);
         loop {
             if rt.is_draining() {
                 return;
