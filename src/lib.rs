@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod ranges_update;
 pub mod record;
 pub mod reject;
