@@ -486,3 +486,38 @@ fn with_leftover(h: &[u8]) -> Vec<u8> {
     v[14..16].copy_from_slice(&len.to_be_bytes());
     v
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_per_source_cap_counts_the_client_a_load_balancer_names() {
+    let w = World::new();
+    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
+    let p = behind_a_load_balancer(&w, &recv, "[limits]\nmax_connections_per_source = 1\n").await;
+    // Every connection comes from the load balancer; the cap is per client it names.
+    let held = p
+        .connect(&client(&w, "127.0.0.1", v2(Some("127.0.0.2:1"), &[])))
+        .await
+        .unwrap();
+    let again = p.connect(&client(&w, "127.0.0.1", v1("127.0.0.2"))).await;
+    assert!(again.is_err(), "a second connection of 127.0.0.2");
+    let mut other = p
+        .connect(&client(&w, "127.0.0.1", v1("127.0.0.3")))
+        .await
+        .expect("127.0.0.3 has a slot of its own");
+    let r = other
+        .post_soap("/b", &notification(None), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    drop(held);
+    let m = p.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "obmguard_connections_refused_total{{listener=\"{}\",reason=\"per_source_limit\"}}",
+                p.addr
+            )
+        ),
+        1.0
+    );
+}
