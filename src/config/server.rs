@@ -136,7 +136,7 @@ pub(super) fn build(
         _ => stdout.to_string(),
     };
     let threads = int_or(d, &defaults::THREADS, &s.threads, ctx.io.cpus() as i64) as usize;
-    let proxy_protocol_from = load_balancers(d, &s.proxy_protocol_from, &mut ok);
+    let proxy_protocol_from = load_balancers(d, &s.proxy_protocol_from);
     ok.then_some(Server {
         listen,
         tls_cert,
@@ -154,8 +154,10 @@ pub(super) fn build(
 }
 
 /// `server.proxy_protocol_from`: the load balancers' own addresses, as CIDRs or bare
-/// addresses. A named set is refused: `@salesforce` is who calls, never who forwards.
-fn load_balancers(d: &mut FileDiag, list: &[S<String>], ok: &mut bool) -> IpSet {
+/// addresses. A named set is refused: `@salesforce` is who calls, never who forwards. A bad
+/// entry is an error (so the configuration is refused) that does not stop the routes from
+/// being checked in the same run.
+fn load_balancers(d: &mut FileDiag, list: &[S<String>]) -> IpSet {
     let key = "server.proxy_protocol_from";
     let mut nets = Vec::new();
     for (i, item) in list.iter().enumerate() {
@@ -169,10 +171,7 @@ fn load_balancers(d: &mut FileDiag, list: &[S<String>], ok: &mut bool) -> IpSet 
         };
         match parsed {
             Ok(n) => nets.push(n),
-            Err(m) => {
-                d.error(span(item), &format!("{key}[{i}]"), m);
-                *ok = false;
-            }
+            Err(m) => d.error(span(item), &format!("{key}[{i}]"), m),
         }
     }
     IpSet::new(nets)
