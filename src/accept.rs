@@ -4,10 +4,15 @@
 //! Threat model: anyone on the internet can open a TCP connection. Before spending a TLS
 //! handshake on it we check the peer address against the union of every route's ranges (plus
 //! trusted proxies) and cap connections per listener and per source address, so one peer cannot
-//! exhaust file descriptors or handshake CPU. Forwarded-for headers are attacker-controlled:
-//! `X-Forwarded-For` is believed only when the TCP peer is a configured trusted proxy, and
-//! `Forwarded` and `X-Real-IP` are never believed. Not defended here: SYN floods and volumetric
-//! attacks (the kernel's and the network's job), and spoofing by a trusted proxy.
+//! exhaust file descriptors or handshake CPU. Behind a TCP load balancer listed in
+//! `server.proxy_protocol_from`, the load balancer is admitted as a peer, and the client its
+//! PROXY header names ([`crate::proxy_protocol`]) takes the peer's place: it is what the source
+//! check, the caps, the route ranges and the audit's `client_ip` see ([`Origin`]). Forwarded-for
+//! headers are attacker-controlled: `X-Forwarded-For` is believed only when the client (the TCP
+//! peer, or the one a load balancer named) is a configured trusted proxy, and `Forwarded` and
+//! `X-Real-IP` are never believed; a load balancer is not a trusted proxy by being one (in TCP
+//! mode it adds no header). Not defended here: SYN floods and volumetric attacks (the kernel's
+//! and the network's job), and spoofing by a trusted proxy or load balancer.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,13 +23,56 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::listeners::ConnectionFilter;
 
-use crate::config::IpSet;
+use crate::config::{Config, IpSet};
 use crate::metrics::Metrics;
 
-/// pingora's pre-TLS filter: refuses peers outside every route's ranges.
+/// Who may connect, before TLS: swapped whole on reload.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// Every route's ranges, plus trusted proxies: the clients admitted.
+    pub clients: IpSet,
+    /// Load balancers that open each connection with a PROXY header (`proxy_protocol_from`).
+    pub load_balancers: IpSet,
+}
+
+impl Admission {
+    pub fn of(config: &Config) -> Admission {
+        Admission {
+            clients: config.source.admitted.clone(),
+            load_balancers: config.server.proxy_protocol_from.clone(),
+        }
+    }
+}
+
+/// Where a connection comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The TCP peer: the load balancer, behind one.
+    pub peer: SocketAddr,
+    /// The client: the one a trusted load balancer's PROXY header names, else the TCP peer
+    /// (canonical: an IPv4-mapped IPv6 address is written as IPv4).
+    pub client: IpAddr,
+    /// The AWS VPC endpoint the client came through, when the load balancer said so.
+    pub vpce_id: Option<String>,
+}
+
+impl Origin {
+    /// A connection straight from its client.
+    pub fn direct(peer: SocketAddr) -> Origin {
+        Origin {
+            peer,
+            client: peer.ip().to_canonical(),
+            vpce_id: None,
+        }
+    }
+}
+
+/// pingora's pre-TLS filter: refuses peers outside every route's ranges that are not a load
+/// balancer sending PROXY headers; the client such a header names is checked with
+/// [`SourceFilter::admits_client`].
 pub struct SourceFilter {
     listener: String,
-    admitted: Arc<ArcSwap<IpSet>>,
+    admitted: Arc<ArcSwap<Admission>>,
     metrics: Arc<Metrics>,
     log_limit: RateLimit,
 }
@@ -78,7 +126,7 @@ impl std::fmt::Debug for SourceFilter {
 }
 
 impl SourceFilter {
-    pub fn new(listener: String, admitted: Arc<ArcSwap<IpSet>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(listener: String, admitted: Arc<ArcSwap<Admission>>, metrics: Arc<Metrics>) -> Self {
         SourceFilter {
             listener,
             admitted,
@@ -91,24 +139,49 @@ impl SourceFilter {
     }
 }
 
+impl SourceFilter {
+    /// Whether `peer` is a load balancer that must open with a PROXY header.
+    pub fn is_load_balancer(&self, peer: IpAddr) -> bool {
+        self.admitted.load().load_balancers.contains(peer)
+    }
+
+    /// The source check for the client a load balancer's header named: refused, counted and
+    /// logged as a peer outside every route's ranges would be.
+    pub fn admits_client(&self, client: IpAddr, load_balancer: SocketAddr) -> bool {
+        let ok = self.admitted.load().clients.contains(client);
+        if !ok {
+            let by = format!(" (named by load balancer {})", load_balancer.ip());
+            self.refused(&client.to_canonical().to_string(), &by);
+        }
+        ok
+    }
+
+    fn refused(&self, source: &str, by: &str) {
+        self.metrics.connection_refused(&self.listener, "source_ip");
+        let (log, suppressed) = self.log_limit.admit(std::time::Instant::now());
+        if suppressed > 0 {
+            tracing::warn!(listener = %self.listener, suppressed, "{suppressed} more connections were refused by the source check in the last window and not logged (obmguard_connections_refused_total counts them all)");
+        }
+        if log {
+            tracing::warn!(listener = %self.listener, peer = %source, "connection refused: source address {source}{by} is in no route's ranges; if it is Salesforce (an org moved to Hyperforce), refresh @salesforce with `obmguard import-ranges --fetch`");
+        } else {
+            tracing::debug!(listener = %self.listener, peer = %source, "connection refused: source address not admitted");
+        }
+    }
+}
+
 #[async_trait]
 impl ConnectionFilter for SourceFilter {
     async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
-        let ok = addr.is_some_and(|a| self.admitted.load().contains(a.ip()));
+        let ok = addr.is_some_and(|a| {
+            let admitted = self.admitted.load();
+            admitted.clients.contains(a.ip()) || admitted.load_balancers.contains(a.ip())
+        });
         if !ok {
-            self.metrics.connection_refused(&self.listener, "source_ip");
-            let (log, suppressed) = self.log_limit.admit(std::time::Instant::now());
-            if suppressed > 0 {
-                tracing::warn!(listener = %self.listener, suppressed, "{suppressed} more connections were refused by the source check in the last window and not logged (obmguard_connections_refused_total counts them all)");
-            }
             let peer = addr
                 .map(|a| a.ip().to_canonical().to_string())
                 .unwrap_or_else(|| "unknown".into());
-            if log {
-                tracing::warn!(listener = %self.listener, peer = %peer, "connection refused: source address {peer} is in no route's ranges; if it is Salesforce (an org moved to Hyperforce), refresh @salesforce with `obmguard import-ranges --fetch`");
-            } else {
-                tracing::debug!(listener = %self.listener, peer = %peer, "connection refused: source address not admitted");
-            }
+            self.refused(&peer, "");
         }
         ok
     }
@@ -199,10 +272,11 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// The address a request comes from: the TCP peer, unless the peer is a trusted proxy, in
+/// The address a request comes from: the connection's client (the TCP peer, or the client a
+/// load balancer's PROXY header named: [`Origin::client`]), unless that is a trusted proxy, in
 /// which case the right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
-/// A trusted proxy that sends no usable header leaves the peer as the client (and the route's
-/// own ranges then decide).
+/// A trusted proxy that sends no usable header leaves it as the client (and the route's own
+/// ranges then decide).
 pub fn client_ip<'a>(peer: IpAddr, xff: impl Iterator<Item = &'a [u8]>, trusted: &IpSet) -> IpAddr {
     let peer = peer.to_canonical();
     if !trusted.contains(peer) {

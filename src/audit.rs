@@ -48,10 +48,15 @@ pub struct AuditRecord {
     pub request_id: String,
     /// The route's name, `-` when no route matched.
     pub route: String,
-    /// `ip:port` of the TCP peer.
+    /// `ip:port` of the TCP peer (behind a TCP load balancer, the load balancer).
     pub peer: String,
-    /// The client address after trusted-proxy evaluation.
+    /// The client address: the TCP peer, or the client a trusted load balancer's PROXY header
+    /// named, then after trusted-proxy evaluation of `X-Forwarded-For`.
     pub client_ip: String,
+    /// The AWS VPC endpoint the client came through, when a load balancer's PROXY v2 header
+    /// named it (TLV 0xEA); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpce_id: Option<String>,
     /// SHA-256 (hex) of the client certificate's DER.
     pub client_cert_sha256: Option<String>,
     /// The client certificate's subject.
@@ -185,6 +190,7 @@ mod tests {
             route: "orders".into(),
             peer: "203.0.113.7:51234".into(),
             client_ip: "203.0.113.7".into(),
+            vpce_id: None,
             client_cert_sha256: Some("ab".repeat(32)),
             client_cert_subject: Some("CN=acme.my.salesforce.com".into()),
             organization_id: Some("00D5e000000AbCdEAK".into()),

@@ -341,20 +341,21 @@ pub fn serve(args: ServeArgs) -> i32 {
     server.bootstrap();
     for addr in &listen {
         let name = addr.to_string();
+        let filter = Arc::new(crate::accept::SourceFilter::new(
+            name.clone(),
+            rt.admitted.clone(),
+            rt.metrics.clone(),
+        ));
         let mut svc = Service::new(
             format!("obmguard {name}"),
-            Listener::new(rt.clone(), name.clone()),
+            Listener::new(rt.clone(), name.clone(), filter.clone()),
         );
         // pingora puts a 64 KiB read buffer under every accepted socket by default; in front of
         // rustls, which reads whole records into its own buffer, it only costs memory (most of
         // an idle connection's footprint), so reads go straight to the socket.
         let l4 = L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE);
         svc.add_listener(ListenerConfig::tcp(name.clone()).l4_buffer(l4));
-        svc.set_connection_filter(Arc::new(crate::accept::SourceFilter::new(
-            name,
-            rt.admitted.clone(),
-            rt.metrics.clone(),
-        )));
+        svc.set_connection_filter(filter);
         server.add_service(svc);
     }
     let mut ports: Vec<u16> = listen.iter().map(|a| a.port()).collect();

@@ -440,6 +440,7 @@ impl Attempt<'_> {
             upstream_ms: None,
             message_id: Some(m.id),
             attempt: Some(m.attempts),
+            vpce_id: None,
         };
         if self.audit.write(&rec).is_err() {
             self.metrics.audit_write_failure();

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod queue;
 pub mod queue_ops;
 pub mod ranges_update;

@@ -48,6 +48,10 @@ pub const CLIENT_CERT_REJECTIONS_TOTAL: &str = "obmguard_client_cert_rejections_
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "obmguard_connections_refused_total";
 /// Gauge `{listener}`: connections currently open.
 pub const CONNECTIONS_OPEN: &str = "obmguard_connections_open";
+/// Counter `{listener,kind}`: connections closed for their PROXY protocol header: `untrusted`
+/// (from a peer outside `proxy_protocol_from`), `repeated`, `missing`, `malformed`,
+/// `truncated`, `timeout` or `unsupported` (see [`crate::proxy_protocol::HeaderError`]).
+pub const PROXY_PROTOCOL_ERRORS_TOTAL: &str = "obmguard_proxy_protocol_errors_total";
 
 /// Counter `{route}`: pooled receiver connections found holding bytes nobody asked for (an
 /// unsolicited answer); the connection is dropped and the route stops reusing connections.
@@ -205,6 +209,8 @@ pub mod session_action {
 
 /// Values of the `stage` label of [`TIMEOUTS_TOTAL`].
 pub mod stage {
+    /// A load balancer's PROXY protocol header.
+    pub const PROXY_HEADER: &str = "proxy_header";
     /// TLS handshake.
     pub const HANDSHAKE: &str = "handshake";
     /// Reading the request line and headers.
@@ -250,6 +256,7 @@ pub struct Metrics {
     client_cert_rejections: IntCounterVec,
     connections_refused: IntCounterVec,
     connections_open: IntGaugeVec,
+    proxy_protocol_errors: IntCounterVec,
     upstream_duration: HistogramVec,
     token_fetch_duration: HistogramVec,
     overhead_duration: HistogramVec,
@@ -507,6 +514,11 @@ impl Metrics {
                 &["listener", "reason"],
             )?,
             connections_open: gauge(CONNECTIONS_OPEN, "Connections open now.", &["listener"])?,
+            proxy_protocol_errors: counter(
+                PROXY_PROTOCOL_ERRORS_TOTAL,
+                "Connections closed for their PROXY protocol header, by kind.",
+                &["listener", "kind"],
+            )?,
             upstream_duration: histogram(
                 UPSTREAM_DURATION_SECONDS,
                 "Time the receiver took to answer, seconds.",
@@ -581,6 +593,13 @@ impl Metrics {
     pub fn connection_refused(&self, listener: &str, reason: &str) {
         self.connections_refused
             .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// A connection on `listener` was closed for its PROXY header, of `kind`.
+    pub fn proxy_protocol_error(&self, listener: &str, kind: &str) {
+        self.proxy_protocol_errors
+            .with_label_values(&[listener, kind])
             .inc();
     }
 
@@ -832,6 +851,7 @@ mod tests {
         m.tls_failure("public", "no_client_cert");
         m.client_cert_rejection("unknown_issuer");
         m.connection_refused("public", "per_source_limit");
+        m.proxy_protocol_error("public", "untrusted");
         m.timeout(stage::UPSTREAM);
         m.route("orders").session_id(session_action::STRIPPED);
         m.policy_reload("ok");
@@ -849,6 +869,7 @@ mod tests {
             TLS_HANDSHAKE_FAILURES_TOTAL,
             CLIENT_CERT_REJECTIONS_TOTAL,
             CONNECTIONS_REFUSED_TOTAL,
+            PROXY_PROTOCOL_ERRORS_TOTAL,
             TIMEOUTS_TOTAL,
             SESSION_IDS_TOTAL,
             POLICY_RELOADS_TOTAL,

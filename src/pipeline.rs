@@ -128,7 +128,7 @@ pub async fn run(
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.as_bytes());
-    f.client_ip = accept::client_ip(f.peer.ip(), xff, &config.source.trusted_proxies);
+    f.client_ip = accept::client_ip(f.origin.client, xff, &config.source.trusted_proxies);
     if !route.source.contains(f.client_ip) {
         return Err(Refusal::SourceIp(f.client_ip).into());
     }

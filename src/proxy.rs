@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! connection  accept::SourceFilter (pre-TLS, in pingora's listener)
-//!             accept::ConnectionCaps        per listener / per source address
+//!             proxy_protocol::read          a proxy_protocol_from load balancer's PROXY
+//!                                           header, own timeout; its client is source-checked
+//!             accept::ConnectionCaps        per listener / per source (client) address
+//!             proxy_protocol::opens_with_header   any other PROXY header: refused
 //!             tls::TlsStage::handshake      rustls, client certificate required, own timeout
 //! request     intake::check_framing         CL+TE, header limits
 //!             route by exact path           404
@@ -31,15 +34,20 @@ use bytes::Bytes;
 use futures::FutureExt;
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 use tracing::Instrument;
 
-use crate::accept::ConnectionCaps;
+use crate::accept::{
+    ConnectionCaps, Origin, RateLimit, SourceFilter, REFUSALS_LOGGED_PER_WINDOW,
+    REFUSAL_LOG_WINDOW_SECS,
+};
 use crate::head::{HeadCutOff, HeadLimited};
 use crate::identity::PeerIdentity;
 use crate::metrics::stage;
+use crate::proxy_protocol::{self, HeaderError};
 use crate::record::{self, Facts};
 use crate::reject::{Failure, Refusal, Rejection};
 use crate::runtime::{Generation, Runtime};
@@ -53,14 +61,23 @@ pub struct Listener {
     rt: Arc<Runtime>,
     name: String,
     caps: Arc<ConnectionCaps>,
+    /// The listener's source check (also pingora's connection filter), for the client a load
+    /// balancer's PROXY header names.
+    filter: Arc<SourceFilter>,
+    header_log: RateLimit,
 }
 
 impl Listener {
-    pub fn new(rt: Arc<Runtime>, name: String) -> Self {
+    pub fn new(rt: Arc<Runtime>, name: String, filter: Arc<SourceFilter>) -> Self {
         Listener {
             rt,
             name,
             caps: ConnectionCaps::new(),
+            filter,
+            header_log: RateLimit::new(
+                REFUSALS_LOGGED_PER_WINDOW,
+                std::time::Duration::from_secs(REFUSAL_LOG_WINDOW_SECS),
+            ),
         }
     }
 }
@@ -97,11 +114,26 @@ impl Listener {
         if rt.is_draining() {
             return;
         }
+        // pingora hands applications a boxed stream; the PROXY header and the TLS handshake
+        // need the TCP stream itself.
+        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+            return;
+        };
+        let mut l4 = *l4;
         let in_force = rt.in_force();
         let gen = &in_force.generation;
-        let limits = &gen.config.limits;
+        let (limits, t) = (&gen.config.limits, &gen.config.timeouts);
+        let from_load_balancer = self.filter.is_load_balancer(peer.ip());
+        let origin = if from_load_balancer {
+            match self.proxy_header(&mut l4, peer, t.proxy_header).await {
+                Some(o) => o,
+                None => return,
+            }
+        } else {
+            Origin::direct(peer)
+        };
         let _slot = match self.caps.admit(
-            peer.ip(),
+            origin.client,
             limits.max_connections,
             limits.max_connections_per_source,
         ) {
@@ -112,10 +144,33 @@ impl Listener {
             }
         };
         let _open = rt.metrics.connection_open(&self.name);
+        let started = std::time::Instant::now();
+        // Where TLS should begin, a PROXY header is never believed: from a peer outside
+        // proxy_protocol_from, nor a second one from a load balancer.
+        match tokio::time::timeout(t.tls_handshake, proxy_protocol::opens_with_header(&mut l4))
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                let e = if from_load_balancer {
+                    HeaderError::Repeated
+                } else {
+                    HeaderError::Untrusted
+                };
+                self.header_refused(e, peer);
+                return;
+            }
+            Err(_) => {
+                rt.metrics
+                    .tls_failure(&self.name, crate::tls::HandshakeFailure::Timeout.kind());
+                rt.metrics.timeout(stage::HANDSHAKE);
+                return;
+            }
+        }
         let handshake = Box::pin(
             in_force
                 .tls
-                .handshake(stream, gen.config.timeouts.tls_handshake),
+                .handshake(l4, t.tls_handshake.saturating_sub(started.elapsed())),
         );
         let (tls, identity) = match handshake.await {
             Ok(ok) => ok,
@@ -124,7 +179,7 @@ impl Listener {
                 if f == crate::tls::HandshakeFailure::Timeout {
                     rt.metrics.timeout(stage::HANDSHAKE);
                 }
-                tracing::debug!(listener = %self.name, %peer, kind = f.kind(), "TLS handshake failed");
+                tracing::debug!(listener = %self.name, %peer, client = %origin.client, kind = f.kind(), "TLS handshake failed");
                 return;
             }
         };
@@ -174,7 +229,7 @@ impl Listener {
             }
             // Boxed: an idle keep-alive connection then holds a small future, not the space the
             // whole request pipeline (body, parse, token, upstream call) needs while it runs.
-            let reply = Box::pin(self.request(&gen, peer, &identity, &mut session)).await;
+            let reply = Box::pin(self.request(&gen, &origin, &identity, &mut session)).await;
             if reply.close
                 || rt.is_draining()
                 || *shutdown.borrow()
@@ -209,16 +264,77 @@ impl Listener {
         }
     }
 
+    /// Read a load balancer's PROXY header within `limit` and check the client it names
+    /// against the source ranges. `None`: the connection is refused (counted and logged).
+    async fn proxy_header(
+        &self,
+        l4: &mut L4Stream,
+        peer: SocketAddr,
+        limit: std::time::Duration,
+    ) -> Option<Origin> {
+        let read = tokio::time::timeout(limit, proxy_protocol::read(l4))
+            .await
+            .unwrap_or(Err(HeaderError::Timeout));
+        let said = match read {
+            Ok(p) => p,
+            Err(e) => {
+                self.header_refused(e, peer);
+                return None;
+            }
+        };
+        // No client named (LOCAL, UNKNOWN): the load balancer's own connection, e.g. a
+        // health check; it is admitted as the load balancer, and routes' ranges decide the rest.
+        let client = said.client.map_or(peer.ip(), |c| c.ip()).to_canonical();
+        if said.client.is_some() && !self.filter.admits_client(client, peer) {
+            return None;
+        }
+        Some(Origin {
+            peer,
+            client,
+            vpce_id: said.vpce_id,
+        })
+    }
+
+    /// Count and log (rate-limited) a connection closed for its PROXY header.
+    fn header_refused(&self, e: HeaderError, peer: SocketAddr) {
+        let kind = e.kind();
+        if e == HeaderError::Closed {
+            tracing::debug!(listener = %self.name, %peer, "load balancer connection closed before its PROXY header");
+            return;
+        }
+        self.rt.metrics.proxy_protocol_error(&self.name, kind);
+        if e == HeaderError::Timeout {
+            self.rt.metrics.timeout(stage::PROXY_HEADER);
+        }
+        let hint = match e {
+            HeaderError::Untrusted => "the peer is not in server.proxy_protocol_from, so its header is not believed: list the load balancer there if it is yours",
+            HeaderError::Missing => "the peer is in server.proxy_protocol_from but sent no PROXY header: turn on PROXY protocol (v1 or v2) towards obmguard on the load balancer, or take it out of the list",
+            HeaderError::Repeated => "a second PROXY header followed the load balancer's",
+            HeaderError::Timeout => "the header was not complete within timeouts.proxy_header_ms",
+            HeaderError::Unsupported => "obmguard takes TCP over IPv4 or IPv6, v1 or v2, with at most 1024 bytes of v2 payload",
+            _ => "the header is not valid PROXY protocol",
+        };
+        let (log, suppressed) = self.header_log.admit(std::time::Instant::now());
+        if suppressed > 0 {
+            tracing::warn!(listener = %self.name, suppressed, "{suppressed} more connections were closed for their PROXY header in the last window and not logged (obmguard_proxy_protocol_errors_total counts them all)");
+        }
+        if log {
+            tracing::warn!(listener = %self.name, %peer, kind, "connection closed for its PROXY protocol header ({kind}): {hint}");
+        } else {
+            tracing::debug!(listener = %self.name, %peer, kind, "connection closed for its PROXY protocol header");
+        }
+    }
+
     /// One message: the pipeline decides, then the record stage counts, audits and logs.
     async fn request(
         &self,
         gen: &Generation,
-        peer: SocketAddr,
+        origin: &Origin,
         identity: &Arc<PeerIdentity>,
         s: &mut ServerSession,
     ) -> Reply {
         let rt = &self.rt;
-        let mut facts = Facts::new(new_request_id(), peer, identity.clone());
+        let mut facts = Facts::new(new_request_id(), origin.clone(), identity.clone());
         let span = tracing::info_span!("request", request_id = %facts.request_id);
         let raw_length_conflict = intake::raw_length_conflict(s);
         // A copy: the body is read from the same session while the head is in use.

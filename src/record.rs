@@ -7,10 +7,11 @@
 //! (`obmguard_audit_write_failures_total`) but does not change the answer already decided:
 //! refusing a message the receiver has accepted would only make Salesforce deliver it again.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::accept::Origin;
 use crate::audit::{self, AuditLog, AuditRecord, SessionIdSeen};
 use crate::identity::PeerIdentity;
 use crate::metrics::{outcome, session_action, stage, Metrics};
@@ -26,7 +27,10 @@ use crate::upstream::Report;
 pub struct Facts {
     pub request_id: String,
     pub started: Instant,
-    pub peer: SocketAddr,
+    /// The connection's TCP peer and client (see [`Origin`]).
+    pub origin: Origin,
+    /// The client after `X-Forwarded-For` from a trusted proxy (the connection's client until
+    /// the pipeline has looked).
     pub client_ip: IpAddr,
     pub identity: Arc<PeerIdentity>,
     pub route: Option<Arc<RouteState>>,
@@ -40,12 +44,12 @@ pub struct Facts {
 }
 
 impl Facts {
-    pub fn new(request_id: String, peer: SocketAddr, identity: Arc<PeerIdentity>) -> Self {
+    pub fn new(request_id: String, origin: Origin, identity: Arc<PeerIdentity>) -> Self {
         Facts {
             request_id,
             started: Instant::now(),
-            peer,
-            client_ip: peer.ip().to_canonical(),
+            client_ip: origin.client,
+            origin,
             identity,
             route: None,
             message: None,
@@ -126,8 +130,9 @@ pub fn record(
         time: audit::timestamp(SystemTime::now()),
         request_id: f.request_id.clone(),
         route: route.to_string(),
-        peer: f.peer.to_string(),
+        peer: f.origin.peer.to_string(),
         client_ip: f.client_ip.to_string(),
+        vpce_id: f.origin.vpce_id.clone(),
         client_cert_sha256: Some(f.identity.sha256_hex.clone()),
         client_cert_subject: Some(sanitize(&f.identity.subject, SUBJECT_MAX)),
         organization_id: org.clone(),
@@ -161,7 +166,7 @@ pub fn record(
     // The request id comes from the enclosing `request` span.
     tracing::info!(
         route,
-        peer = %f.peer,
+        peer = %f.origin.peer,
         client_ip = %f.client_ip,
         organization_id = org.as_deref().unwrap_or("-"),
         status,

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::accept::Admission;
 use crate::audit::AuditLog;
-use crate::config::{Config, IpSet, Route};
+use crate::config::{Config, Route};
 use crate::metrics::{cert_kind, Metrics, RouteMetrics};
 use crate::tls::TlsStage;
 use crate::token::{FetchOutcome, TokenBroker, TokenProvider};
@@ -142,8 +143,8 @@ pub struct Runtime {
     /// The generation in force and its TLS acceptor, swapped as one.
     in_force: ArcSwap<InForce>,
     next_generation: AtomicU64,
-    /// The pre-TLS admission set, shared with every listener's connection filter.
-    pub admitted: Arc<ArcSwap<IpSet>>,
+    /// The pre-TLS admission sets, shared with every listener's connection filter.
+    pub admitted: Arc<ArcSwap<Admission>>,
     pub metrics: Arc<Metrics>,
     pub tokens: TokenBroker,
     pub receivers: Receivers,
@@ -179,7 +180,7 @@ impl Runtime {
         };
         let first = Generation::build(1, config, None, &|o| tokens.source(&o.settings), &metrics);
         let rt = Arc::new(Runtime {
-            admitted: Arc::new(ArcSwap::from_pointee(first.config.source.admitted.clone())),
+            admitted: Arc::new(ArcSwap::from_pointee(Admission::of(&first.config))),
             in_force: ArcSwap::from_pointee(InForce {
                 generation: Arc::new(first),
                 tls: Arc::new(TlsStage::new(sc)),
@@ -240,7 +241,7 @@ impl Runtime {
             }
         }
         self.admitted
-            .store(Arc::new(generation.config.source.admitted.clone()));
+            .store(Arc::new(Admission::of(&generation.config)));
         self.announce(&generation);
         self.in_force.store(Arc::new(InForce {
             generation: Arc::new(generation),

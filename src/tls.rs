@@ -21,7 +21,6 @@ use std::time::Duration;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::TlsStream;
-use pingora_core::protocols::Stream;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -367,14 +366,9 @@ impl TlsStage {
     /// Complete the handshake within `limit`, and parse the verified client certificate.
     pub async fn handshake(
         &self,
-        stream: Stream,
+        l4: L4Stream,
         limit: Duration,
     ) -> Result<(TlsStream<L4Stream>, Arc<PeerIdentity>), HandshakeFailure> {
-        // pingora hands applications a boxed stream; the handshake needs the TCP stream itself.
-        let l4 = *stream
-            .into_any()
-            .downcast::<L4Stream>()
-            .map_err(|_| HandshakeFailure::Protocol)?;
         let tls = match tokio::time::timeout(
             limit,
             pingora_core::protocols::tls::server::handshake(&self.acceptor, l4),

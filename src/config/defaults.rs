@@ -135,6 +135,7 @@ pub const TLS_TICKET_LIFETIME_MS: Setting = int(
     86_400_000,
     Proxy,
 );
+pub const PROXY_HEADER_MS: Setting = int("timeouts.proxy_header_ms", 5_000, 100, 120_000, Proxy);
 
 // [limits]
 pub const MAX_CONNECTIONS: Setting = int("limits.max_connections", 4096, 1, 1_000_000, Proxy);
@@ -282,6 +283,7 @@ pub const SETTINGS: &[Setting] = &[
     DRAIN_MS,
     MAX_CONNECTION_AGE_MS,
     TLS_TICKET_LIFETIME_MS,
+    PROXY_HEADER_MS,
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_SOURCE,
     MAX_INFLIGHT_PER_ROUTE,

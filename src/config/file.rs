@@ -145,6 +145,9 @@ pub struct ServerSection {
     pub policies: Option<S<String>>,
     pub audit_log: Option<S<String>>,
     pub threads: Option<S<i64>>,
+    /// Load balancers that open each connection with a PROXY protocol header.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +195,7 @@ pub struct TimeoutsSection {
     pub drain_ms: Option<S<i64>>,
     pub max_connection_age_ms: Option<S<i64>>,
     pub tls_ticket_lifetime_ms: Option<S<i64>>,
+    pub proxy_header_ms: Option<S<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -85,6 +85,9 @@ pub struct Server {
     /// "-" for standard output, otherwise a file path.
     pub audit_log: String,
     pub threads: usize,
+    /// Load balancers that must open every connection with a PROXY protocol header (v1 or
+    /// v2), whose client address then counts; empty: no PROXY protocol.
+    pub proxy_protocol_from: IpSet,
 }
 
 /// Who may complete the TLS handshake: certificates chaining to `roots`, or pinned ones.
@@ -138,6 +141,8 @@ pub struct Timeouts {
     /// How long a TLS session ticket resumes a session (enforced by obmguard, not only told
     /// to the client).
     pub tls_ticket_lifetime: Duration,
+    /// Reading the PROXY protocol header of a load balancer's connection.
+    pub proxy_header: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! `[server]`: listeners, the server certificate and key, the policies directory, the audit
-//! log and worker threads.
+//! log, worker threads, and the load balancers that send a PROXY protocol header.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -7,7 +7,8 @@ use std::path::Path;
 use super::build::{dev_pki_hint, int_or, resolve, span, Ctx};
 use super::defaults;
 use super::diag::FileDiag;
-use super::file;
+use super::file::{self, S};
+use super::ranges::{self, IpSet};
 use super::Server;
 use crate::certs::{self, CertError};
 
@@ -135,6 +136,7 @@ pub(super) fn build(
         _ => stdout.to_string(),
     };
     let threads = int_or(d, &defaults::THREADS, &s.threads, ctx.io.cpus() as i64) as usize;
+    let proxy_protocol_from = load_balancers(d, &s.proxy_protocol_from);
     ok.then_some(Server {
         listen,
         tls_cert,
@@ -147,5 +149,30 @@ pub(super) fn build(
         policies_dir,
         audit_log,
         threads,
+        proxy_protocol_from,
     })
+}
+
+/// `server.proxy_protocol_from`: the load balancers' own addresses, as CIDRs or bare
+/// addresses. A named set is refused: `@salesforce` is who calls, never who forwards. A bad
+/// entry is an error (so the configuration is refused) that does not stop the routes from
+/// being checked in the same run.
+fn load_balancers(d: &mut FileDiag, list: &[S<String>]) -> IpSet {
+    let key = "server.proxy_protocol_from";
+    let mut nets = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let v = item.get_ref().trim();
+        let parsed = if v.starts_with('@') {
+            Err(format!(
+                "\"{v}\" is a named set: list the load balancers' own addresses (CIDRs such as 10.0.0.0/24), not the ranges of the clients behind them"
+            ))
+        } else {
+            ranges::parse_cidr(v)
+        };
+        match parsed {
+            Ok(n) => nets.push(n),
+            Err(m) => d.error(span(item), &format!("{key}[{i}]"), m),
+        }
+    }
+    IpSet::new(nets)
 }

@@ -145,6 +145,8 @@ fn a_minimal_configuration_loads_with_every_default() {
     assert_eq!(t.drain, Duration::from_secs(60));
     assert_eq!(t.max_connection_age, ms(&k::MAX_CONNECTION_AGE_MS));
     assert_eq!(t.tls_ticket_lifetime, ms(&k::TLS_TICKET_LIFETIME_MS));
+    assert_eq!(t.proxy_header, Duration::from_secs(5));
+    assert!(c.server.proxy_protocol_from.is_empty(), "no PROXY protocol");
     let l = &c.limits;
     assert_eq!(l.max_connections, 4096);
     assert_eq!(l.max_connections_per_source, 512);
@@ -372,6 +374,73 @@ fn cidrs_with_host_bits_or_admitting_everyone_are_refused_at_their_index() {
     let c = ok(&io);
     assert!(c.source.trusted_proxies.contains(ip("::ffff:192.0.2.9")));
     assert!(!c.source.trusted_proxies.contains(ip("192.0.2.10")));
+}
+
+#[test]
+fn load_balancers_sending_proxy_headers_are_ranges_and_bad_ones_fail_closed_at_their_line() {
+    let with = |list: &str| {
+        proxy_toml("").replacen(
+            "[server]\n",
+            &format!("[server]\nproxy_protocol_from = {list}\n"),
+            1,
+        )
+    };
+    let io = world(
+        &with(
+            "[\"10.0.0.0/24\", \"10.0.0.300/32\", \"@salesforce\", \"0.0.0.0/0\", \"10.1.0.1/16\"]",
+        ),
+        &[("a.toml", route_toml("a", "/a", "max_depth = 1\n"))],
+    );
+    let e = errors(&io);
+    let at = "/cfg/obmguard.toml:2: server.proxy_protocol_from";
+    has_error(
+        &e,
+        &format!("{at}[1]"),
+        "\"10.0.0.300/32\" is not an address range",
+    );
+    has_error(
+        &e,
+        &format!("{at}[2]"),
+        "is a named set: list the load balancers' own addresses",
+    );
+    has_error(&e, &format!("{at}[3]"), "admits every address");
+    has_error(
+        &e,
+        &format!("{at}[4]"),
+        "has host bits set: write 10.1.0.0/16",
+    );
+    // The routes are still checked in the same run.
+    has_error(
+        &e,
+        "/cfg/policies/a.toml:7: message.max_depth",
+        "out of range",
+    );
+    assert_eq!(e.len(), 5, "{e:?}");
+    let io = world(
+        &with("[\"10.0.0.0/24\", \"192.0.2.9\"]").replace(
+            "[source]\n",
+            "[timeouts]\nproxy_header_ms = 250\n\n[source]\n",
+        ),
+        &[("a.toml", route_toml("a", "/a", ""))],
+    );
+    let c = ok(&io);
+    let lbs = &c.server.proxy_protocol_from;
+    assert!(lbs.contains(ip("10.0.0.7")) && lbs.contains(ip("::ffff:192.0.2.9")));
+    assert!(!lbs.contains(ip("10.0.1.7")));
+    assert_eq!(c.timeouts.proxy_header, Duration::from_millis(250));
+    // Out of its range, the timeout is an error that names the range.
+    let io = world(
+        &proxy_toml("").replace(
+            "[source]\n",
+            "[timeouts]\nproxy_header_ms = 50\n\n[source]\n",
+        ),
+        &[("a.toml", route_toml("a", "/a", ""))],
+    );
+    has_error(
+        &errors(&io),
+        "/cfg/obmguard.toml:10: timeouts.proxy_header_ms",
+        "50 is out of range: use a value from 100 to 120000",
+    );
 }
 
 #[test]

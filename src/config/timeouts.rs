@@ -17,5 +17,6 @@ pub(super) fn build(d: &mut FileDiag, t: &file::TimeoutsSection) -> Timeouts {
         drain: millis(d, &k::DRAIN_MS, &t.drain_ms),
         max_connection_age: millis(d, &k::MAX_CONNECTION_AGE_MS, &t.max_connection_age_ms),
         tls_ticket_lifetime: millis(d, &k::TLS_TICKET_LIFETIME_MS, &t.tls_ticket_lifetime_ms),
+        proxy_header: millis(d, &k::PROXY_HEADER_MS, &t.proxy_header_ms),
     }
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use pingora_http::RequestHeader;
 
 use super::*;
+use crate::accept::Origin;
 use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::record::Facts;
@@ -260,8 +261,20 @@ async fn send_with(
     w: &World,
     recv: &FakeReceiver,
     req: RequestHeader,
-    mut body: FakeBody,
+    body: FakeBody,
     peer: &str,
+    ident: Arc<PeerIdentity>,
+) -> Outcome {
+    let peer: SocketAddr = peer.parse().unwrap();
+    send_from(w, recv, req, body, Origin::direct(peer), ident).await
+}
+
+async fn send_from(
+    w: &World,
+    recv: &FakeReceiver,
+    req: RequestHeader,
+    mut body: FakeBody,
+    origin: Origin,
     ident: Arc<PeerIdentity>,
 ) -> Outcome {
     let out = Outside {
@@ -271,8 +284,7 @@ async fn send_with(
         store: Some(w.store.as_ref()),
         queued: &w.queued,
     };
-    let peer: SocketAddr = peer.parse().unwrap();
-    let mut facts = Facts::new("test".into(), peer, ident);
+    let mut facts = Facts::new("test".into(), origin, ident);
     let head = Head {
         req: &req,
         raw_length_conflict: false,
@@ -543,6 +555,49 @@ async fn identity_rules_and_the_in_flight_cap() {
     assert!(!o.facts.body_read);
     drop(held);
     assert!(send(&w, &recv, "/strip", body).await.result.is_ok());
+}
+
+#[tokio::test]
+async fn route_ranges_see_the_client_a_load_balancer_named_not_the_load_balancer() {
+    let w = world(false);
+    let recv = FakeReceiver::default();
+    let body = nil();
+    let behind = |peer: &str, client: &str| Origin {
+        peer: peer.parse().unwrap(),
+        client: client.parse().unwrap(),
+        vpce_id: Some("vpce-1".into()),
+    };
+    // /strip admits 127.0.0.1 only. The load balancer (the TCP peer) is not a trusted proxy,
+    // so an X-Forwarded-For through it is not believed either.
+    for (origin, xff, want) in [
+        (behind("10.9.9.9:1", "127.0.0.1"), None, (200, "-")),
+        (behind("127.0.0.1:1", "10.9.9.9"), None, (403, "source_ip")),
+        (
+            behind("127.0.0.1:1", "10.9.9.9"),
+            Some("127.0.0.1"),
+            (403, "source_ip"),
+        ),
+    ] {
+        let mut req = head("POST", "/strip", "text/xml", Some(body.len()));
+        if let Some(x) = xff {
+            req.insert_header("X-Forwarded-For", x).unwrap();
+        }
+        let o = send_from(
+            &w,
+            &recv,
+            req,
+            FakeBody::Bytes(body.clone()),
+            origin.clone(),
+            identity(NOW + 86_400),
+        )
+        .await;
+        assert_eq!((o.status(), o.reason()), want, "{origin:?} {xff:?}");
+        assert_eq!(o.facts.client_ip, origin.client);
+        assert_eq!(
+            o.facts.origin, origin,
+            "the TCP peer is kept beside the client"
+        );
+    }
 }
 
 #[tokio::test]

@@ -562,6 +562,7 @@ mod tests {
             route: route.into(),
             peer: "203.0.113.7:51234".into(),
             client_ip: "203.0.113.7".into(),
+            vpce_id: None,
             client_cert_sha256: None,
             client_cert_subject: None,
             organization_id: Some(ORG.into()),

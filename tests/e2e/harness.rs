@@ -57,6 +57,8 @@ impl World {
 
 /// What to write into obmguard.toml besides the defaults.
 pub struct Setup {
+    /// More `[server]` keys (e.g. `proxy_protocol_from`).
+    pub server: String,
     pub client_cert: String,
     pub source: String,
     pub extra: String,
@@ -67,6 +69,7 @@ impl Setup {
     /// Trust the test client CA; admit 127.0.0.1.
     pub fn new(w: &World) -> Setup {
         Setup {
+            server: String::new(),
             client_cert: format!("ca_bundle = {:?}\n", w.pki.client_ca.display().to_string()),
             source: "allow = [\"127.0.0.1/32\"]\n".into(),
             extra: String::new(),
@@ -113,10 +116,11 @@ impl Proxy {
         let audit = w.path("audit.jsonl");
         let config = w.path("obmguard.toml");
         let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\ntls_cert = {:?}\ntls_key = {:?}\nadmin_listen = \"127.0.0.1:{admin_port}\"\npolicies = \"policies\"\naudit_log = {:?}\nthreads = 2\n\n[client_cert]\n{}\n[source]\n{}\n{}",
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\ntls_cert = {:?}\ntls_key = {:?}\nadmin_listen = \"127.0.0.1:{admin_port}\"\npolicies = \"policies\"\naudit_log = {:?}\nthreads = 2\n{}\n[client_cert]\n{}\n[source]\n{}\n{}",
             w.pki.server.cert.display().to_string(),
             w.pki.server.key.display().to_string(),
             audit.display().to_string(),
+            s.server,
             s.client_cert,
             s.source,
             s.extra

@@ -13,6 +13,7 @@ mod faults;
 mod monitoring;
 mod oauth;
 mod ops;
+mod proxy_protocol;
 mod queue;
 mod ranges;
 mod redteam;

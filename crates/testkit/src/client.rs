@@ -3,7 +3,8 @@
 //!
 //! It writes exactly the bytes it is given (so tests can send malformed or smuggling-shaped
 //! requests), can bind a chosen source address (e.g. `127.0.0.2`) and present a client
-//! certificate, and reads one response at a time from a keep-alive connection. Reading is
+//! certificate, can send bytes before TLS (a load balancer's PROXY protocol header), and reads
+//! one response at a time from a keep-alive connection. Reading is
 //! bounded: at most [`MAX_HEAD`] bytes of head and [`MAX_BODY`] bytes of body, and every read of
 //! a response is cut off after [`TlsClientConfig::timeout`].
 //!
@@ -63,6 +64,9 @@ pub struct TlsClientConfig {
     pub version: TlsVersion,
     /// Cut-off for reading one response.
     pub timeout: Duration,
+    /// Bytes written on the TCP connection before the TLS handshake: a PROXY protocol header,
+    /// as a load balancer would send (empty: none).
+    pub preamble: Vec<u8>,
 }
 
 impl TlsClientConfig {
@@ -76,6 +80,7 @@ impl TlsClientConfig {
             server_name: pki::SERVER_NAME.to_string(),
             version: TlsVersion::Any,
             timeout: DEFAULT_TIMEOUT,
+            preamble: Vec::new(),
         }
     }
 
@@ -188,7 +193,7 @@ impl Connection {
         let tls = TlsConnector::from(rustls);
         let name = ServerName::try_from(cfg.server_name.clone())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tcp = match cfg.bind {
+        let mut tcp = match cfg.bind {
             Some(ip) => {
                 let socket = if ip.is_ipv4() {
                     TcpSocket::new_v4()?
@@ -200,6 +205,9 @@ impl Connection {
             }
             None => TcpStream::connect(addr).await?,
         };
+        if !cfg.preamble.is_empty() {
+            tcp.write_all(&cfg.preamble).await?;
+        }
         let stream = tokio::time::timeout(cfg.timeout, tls.connect(name, tcp))
             .await
             .map_err(|_| timed_out("TLS handshake"))??;
