@@ -61,10 +61,17 @@ const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// Delivered messages are kept this long (for `queue list --state delivered`).
 const KEEP_DELIVERED: Duration = Duration::from_secs(24 * 3600);
 
-/// This process's name as a lease owner: `host/pid/`. A lease records who holds a message,
-/// so a restart can tell its own dead predecessor's leases from a live process's.
+/// This process's name as a lease owner: `host/pid/start/`, `start` random per process
+/// start. A lease records who holds a message, so a restart can tell its own dead
+/// predecessor's leases from a live process's; the random part tells a restarted container
+/// (always PID 1 under the same host name) from the one before it.
 pub fn worker_id() -> String {
-    format!("{}/{}/", hostname(), std::process::id())
+    format!(
+        "{}/{}/{:08x}/",
+        hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 fn hostname() -> String {
@@ -75,11 +82,27 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// Whether the lease owner `owner` is a process of this host that no longer runs, as seen by
+/// the live process `me` (both [`worker_id`]s).
+fn dead_here(owner: &str, me: &str) -> bool {
+    let host = format!("{}/", hostname());
+    let Some(rest) = owner.strip_prefix(&host) else {
+        return false;
+    };
+    if owner == me {
+        return false;
+    }
+    let pid = rest.split('/').next().unwrap_or("");
+    let my_pid = std::process::id().to_string();
+    // Our own PID with another start value: a predecessor (this process is alive, so that
+    // one is not). Another PID: dead when /proc has no such process.
+    pid == my_pid || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Start-up: messages leased by a process of this host that no longer runs are due now
 /// (a worker that died mid-delivery). A live process's leases (a graceful upgrade's old
 /// process, still delivering) are left alone; another host's expire by themselves.
 pub async fn recover(store: &dyn Store, me: &str) -> usize {
-    let host = format!("{}/", hostname());
     let delivering = Filter {
         state: Some(State::Delivering),
         ..Filter::default()
@@ -90,11 +113,7 @@ pub async fn recover(store: &dyn Store, me: &str) -> usize {
     let mut dead_owners: Vec<String> = list
         .iter()
         .filter_map(|m| m.lease_owner.clone())
-        .filter(|o| o.starts_with(&host) && o != me)
-        .filter(|o| {
-            let pid = o[host.len()..].trim_end_matches('/');
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        })
+        .filter(|o| dead_here(o, me))
         .collect();
     dead_owners.sort();
     dead_owners.dedup();
@@ -474,4 +493,27 @@ fn inject_into(
         std::borrow::Cow::Borrowed(_) => stored.clone(),
         std::borrow::Cow::Owned(v) => Bytes::from(v),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_owner_is_dead_only_when_it_is_this_hosts_and_not_running() {
+        let me = worker_id();
+        let host = hostname();
+        let pid = std::process::id();
+        assert!(!dead_here(&me, &me), "this process");
+        assert!(
+            dead_here(&format!("{host}/{pid}/00000000/"), &me),
+            "same PID, another start: a restarted container's predecessor"
+        );
+        assert!(!dead_here("elsewhere/1/00000000/", &me), "another host's");
+        assert!(
+            !dead_here(&format!("{host}/1/00000000/"), &me),
+            "PID 1 runs here"
+        );
+        assert!(dead_here(&format!("{host}/999999999/00000000/"), &me));
+    }
 }
