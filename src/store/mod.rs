@@ -38,7 +38,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 
+mod postgres;
 mod sqlite;
+pub use postgres::{Migrated, PgOptions, PgStore};
 pub use sqlite::{OpenOptions, SqliteStore, WriterStats};
 
 #[cfg(test)]
@@ -411,6 +413,22 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "the store at {path} has schema version {found}, older than this obmguard's \
+         ({supported}): run `obmguard store migrate`"
+    )]
+    SchemaTooOld {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    /// The store's database server cannot be reached, refused obmguard, or did not answer in
+    /// time (PostgreSQL). `server` never holds a password.
+    #[error(
+        "the store's PostgreSQL at {server} is unavailable ({detail}): check that it runs, \
+         is reachable and accepts obmguard's user; messages are refused with 503 meanwhile"
+    )]
+    Unavailable { server: String, detail: String },
     #[error("the store is corrupt ({detail}): stop obmguard, keep a copy of the store's files, and restore it or start an empty one")]
     Corrupt { detail: String },
     #[error(
@@ -436,6 +454,7 @@ impl StoreError {
                 | StoreError::Corrupt { .. }
                 | StoreError::Io { .. }
                 | StoreError::Closed
+                | StoreError::Unavailable { .. }
         )
     }
 }
