@@ -53,6 +53,8 @@ struct Local {
     bin: PathBuf,
     port: u16,
     user: Option<(u32, u32)>,
+    /// More server settings (`-c name=value`, ...).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -70,10 +72,25 @@ impl TestPostgres {
             });
         }
         let Some(bin) = find_binaries() else {
-            skip_or_fail("no PostgreSQL server binaries (initdb, postgres)");
+            skip_or_fail(
+                "no initdb and postgres under /usr/lib/postgresql, pg_config --bindir or PATH",
+            );
             return None;
         };
-        Some(TestPostgres::start_local(bin).await)
+        Some(TestPostgres::start_local(bin, None).await)
+    }
+
+    /// A cluster of its own that also accepts TLS with this certificate chain and key (PEM
+    /// files), always from the binaries (the variable is not used: its server's TLS is not
+    /// ours to set).
+    pub async fn start_tls(cert: &Path, key: &Path) -> Option<TestPostgres> {
+        let Some(bin) = find_binaries() else {
+            skip_or_fail(
+                "no initdb and postgres under /usr/lib/postgresql, pg_config --bindir or PATH",
+            );
+            return None;
+        };
+        Some(TestPostgres::start_local(bin, Some((cert, key))).await)
     }
 
     /// One server shared by every test of this test binary (started on first use). Give each
@@ -168,7 +185,7 @@ impl TestPostgres {
         }
     }
 
-    async fn start_local(bin: PathBuf) -> TestPostgres {
+    async fn start_local(bin: PathBuf, tls: Option<(&Path, &Path)>) -> TestPostgres {
         let user = if is_root() {
             Some(
                 unprivileged_user()
@@ -213,11 +230,27 @@ impl TestPostgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let _ = std::fs::remove_file(&pwfile);
+        let mut args = Vec::new();
+        if let Some((cert, key)) = tls {
+            // The server reads them as its own user, and wants the key private.
+            for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = data.join(name);
+                std::fs::copy(from, &to).expect("copy the server's TLS files");
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .expect("chmod");
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown");
+                }
+            }
+            args.extend(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt"].map(String::from));
+            args.extend(["-c", "ssl_key_file=server.key"].map(String::from));
+        }
         let mut local = Local {
             dir,
             bin,
             port: free_port(),
             user,
+            args,
             child: None,
         };
         for _ in 0..5 {
@@ -260,7 +293,7 @@ impl Local {
             "$PG_BIN/postgres" -D "$PG_DATA" -p "$PG_PORT" -k "$PG_SOCKET" \
                 -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on \
                 -c max_connections=200 -c shared_buffers=16MB -c logging_collector=off \
-                >>"$PG_LOG" 2>&1 &
+                "$@" >>"$PG_LOG" 2>&1 &
             pg=$!
             trap 'kill -INT $pg 2>/dev/null; wait $pg; exit 0' TERM INT
             while [ -d "/proc/$PG_WATCH" ] && kill -0 $pg 2>/dev/null; do sleep 0.2; done
@@ -272,6 +305,8 @@ impl Local {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(script)
+            .arg("sh")
+            .args(&self.args)
             .env("PG_BIN", &self.bin)
             .env("PG_DATA", self.data())
             .env("PG_PORT", self.port.to_string())
@@ -387,7 +422,7 @@ impl Drop for Local {
 fn skip_or_fail(why: &str) {
     let line = format!("skipped: no PostgreSQL ({why}): install postgresql or set {URL_VAR}");
     assert!(std::env::var_os("CI").is_none(), "under CI: {line}");
-    eprintln!("{line}");
+    say(&line);
 }
 
 /// The directory holding both `initdb` and `postgres`.
@@ -481,4 +516,11 @@ fn signal(sig: &str, pid: impl ToString) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// A line on the real stderr: the test harness captures `eprintln!` of passing tests, and a
+/// skip must be seen.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -370,7 +370,9 @@ async fn the_store_fails_fast_while_the_server_is_down_or_hung_and_recovers_by_i
         return;
     };
     if !server.can_restart() {
-        eprintln!("skipped: the server named by the environment cannot be restarted");
+        obmguard_testkit::postgres::say(
+            "skipped: the server named by OBMGUARD_TEST_POSTGRES_URL cannot be restarted",
+        );
         return;
     }
     let url = Secret::new(server.fresh_database().await);
@@ -430,4 +432,97 @@ async fn the_store_fails_fast_while_the_server_is_down_or_hung_and_recovers_by_i
         .unwrap()
         .unwrap();
     assert_eq!(c.id, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_is_honoured_over_rustls() {
+    let dir = TempDir::new().unwrap();
+    let pki = obmguard_testkit::pki::Pki::generate(dir.path()).unwrap();
+    let Some(server) = TestPostgres::start_tls(&pki.server.cert, &pki.server.key).await else {
+        return;
+    };
+    let base = url::Url::parse(&server.fresh_database().await).unwrap();
+    let with = |host: &str, query: String| {
+        let mut u = base.clone();
+        u.set_host(Some(host)).unwrap();
+        u.set_query(Some(&query));
+        Secret::new(u.as_str())
+    };
+    let ca = pki.server_ca.display().to_string();
+    let rogue = pki.rogue_ca.display().to_string();
+    let connect = |url: Secret| async move { PgStore::connect(&url, PgOptions::default()).await };
+    let tls_connections = || async {
+        let (client, connection) = tokio_postgres::connect(base.as_str(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'obmguard' AND s.ssl",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+
+    // verify-full: the chain and the name (the certificate names localhost).
+    let full = connect(with(
+        "localhost",
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+    ))
+    .await
+    .expect("verify-full with the right CA and name");
+    assert!(
+        tls_connections().await >= 1,
+        "the store's connection uses TLS"
+    );
+    drop(full);
+    // The right address under another name: refused by verify-full, accepted by verify-ca.
+    let elsewhere = |mode: &str| {
+        with(
+            "db.invalid",
+            format!("sslmode={mode}&sslrootcert={ca}&hostaddr=127.0.0.1"),
+        )
+    };
+    let err = connect(elsewhere("verify-full")).await.unwrap_err();
+    assert!(err.is_environmental(), "{err:?}");
+    assert!(
+        err.to_string().contains("certificate not valid for name"),
+        "{err}"
+    );
+    connect(elsewhere("verify-ca"))
+        .await
+        .expect("verify-ca does not compare the name");
+    // Another CA: refused by verify-ca and verify-full alike.
+    for mode in ["verify-ca", "verify-full"] {
+        let err = connect(with(
+            "localhost",
+            format!("sslmode={mode}&sslrootcert={rogue}"),
+        ))
+        .await
+        .unwrap_err();
+        assert!(err.is_environmental(), "{mode}: {err:?}");
+        assert!(
+            err.to_string().contains("invalid peer certificate"),
+            "{mode}: {err}"
+        );
+    }
+    // require and prefer without a root: TLS, the certificate not verified (as libpq).
+    for mode in ["require", "prefer"] {
+        connect(with("127.0.0.1", format!("sslmode={mode}")))
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+    }
+    // An unreadable root file is a configuration error, said before connecting.
+    let err = connect(with(
+        "localhost",
+        "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem".into(),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("sslrootcert"), "{err}");
 }
