@@ -587,8 +587,8 @@ impl Store for PgStore {
         let key = lock_key(&["claim", route]);
         run!(self, |c| async {
             let tx = c.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
-                .await?;
+            let lock = tx.prepare_cached(LOCK).await?;
+            tx.execute(&lock, &[&key]).await?;
             let live_stmt = tx
                 .prepare_cached(
                     "SELECT count(*) FROM messages \
@@ -826,6 +826,8 @@ impl Store for PgStore {
     }
 }
 
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
 const SEEN_COUNT: &str = "SELECT count(*) FROM seen WHERE route = $1 AND organization_id = $2 \
      AND notification_id = ANY($3) AND seen_at >= $4";
 
@@ -917,11 +919,8 @@ async fn over_bounds(
     if *b == Bounds::unbounded() {
         return Ok(None);
     }
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&lock_key(&["bounds"])],
-    )
-    .await?;
+    let lock = tx.prepare_cached(LOCK).await?;
+    tx.execute(&lock, &[&lock_key(&["bounds"])]).await?;
     let totals = tx
         .prepare_cached(
             "SELECT coalesce(sum(messages), 0)::bigint, coalesce(sum(bytes), 0)::bigint \
