@@ -13,11 +13,13 @@
 //! ```
 //!
 //! [`Store`] is the interface; [`SqliteStore`] is the embedded engine (one SQLite file, WAL,
-//! group commit). A PostgreSQL engine for a fleet is meant to implement the same trait: every
-//! query is a short transaction over one message or one route (`claim` maps onto
-//! `FOR UPDATE SKIP LOCKED`), leases are timestamps compared with the caller's `now`, per-route
-//! concurrency is a count of unexpired leases taken at claim time, and the duplicate window is
-//! a table keyed by (route, organization id, Notification Id) with the time last accepted.
+//! group commit) and [`PgStore`] the engine for a fleet of instances sharing one PostgreSQL
+//! database (`postgres.rs`). Both keep the same promises, proved by one conformance suite
+//! (`tests/conformance.rs`): every query is a short transaction over one message or one route
+//! (`claim` maps onto `FOR UPDATE SKIP LOCKED` in PostgreSQL), leases are timestamps compared
+//! with the caller's `now`, per-route concurrency is a count of unexpired leases taken at claim
+//! time, and the duplicate window is a table keyed by (route, organization id, Notification Id)
+//! with the time last accepted.
 //!
 //! What the store defends against: an Ack for a message that is not on disk (`admit` answers
 //! `Stored` only after the commit's fsync), a worker that dies mid-delivery (its lease
@@ -38,7 +40,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 
+mod postgres;
 mod sqlite;
+pub use postgres::{Migrated, PgOptions, PgStore};
 pub use sqlite::{OpenOptions, SqliteStore, WriterStats};
 
 #[cfg(test)]
@@ -342,7 +346,9 @@ pub trait Store: Send + Sync {
 
     /// The route's next due message (queued and due, or delivering with an expired lease),
     /// leased to `worker` until `now + lease`; `None` if nothing is due or `concurrency`
-    /// unexpired leases are already out on the route.
+    /// unexpired leases are already out on the route. `worker` names the lease's holder: it
+    /// must be unique among every worker using the store (across instances, for a shared
+    /// store), since `retry_later` and `dead` check the lease by that name.
     async fn claim(
         &self,
         route: &str,
@@ -425,6 +431,22 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "the store at {path} has schema version {found}, older than this obmguard's \
+         ({supported}): run `obmguard store migrate`"
+    )]
+    SchemaTooOld {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    /// The store's database server cannot be reached, refused obmguard, or did not answer in
+    /// time (PostgreSQL). `server` never holds a password.
+    #[error(
+        "the store's PostgreSQL at {server} is unavailable ({detail}): check that it runs, \
+         is reachable and accepts obmguard's user; messages are refused with 503 meanwhile"
+    )]
+    Unavailable { server: String, detail: String },
     #[error("the store is corrupt ({detail}): stop obmguard, keep a copy of the store's files, and restore it or start an empty one")]
     Corrupt { detail: String },
     #[error(
@@ -440,8 +462,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Errors of the environment (disk, locks, a broken file), as opposed to one request's.
-    /// They fail a whole group commit; any other error fails only its own request.
+    /// Errors of the environment (disk, locks, a broken file, a database server unavailable),
+    /// as opposed to one request's. In SQLite they fail a whole group commit; any other error
+    /// fails only its own request.
     pub fn is_environmental(&self) -> bool {
         matches!(
             self,
@@ -450,6 +473,7 @@ impl StoreError {
                 | StoreError::Corrupt { .. }
                 | StoreError::Io { .. }
                 | StoreError::Closed
+                | StoreError::Unavailable { .. }
         )
     }
 }

@@ -10,7 +10,8 @@
 //!   chosen source address;
 //! - [`receiver`]: a recording SOAP receiver whose answer can be switched at run time;
 //! - [`file_server`]: an HTTPS server answering one settable document (Salesforce's ranges);
-//! - [`token_server`]: a Salesforce-like OAuth token endpoint.
+//! - [`token_server`]: a Salesforce-like OAuth token endpoint;
+//! - [`postgres`]: a throw-away PostgreSQL cluster (or an existing server) for the store's tests.
 //!
 //! Nothing here is used on the proxy's request path, and none of it is hardened for production
 //! use: keys are test keys and the string scans in [`messages::find_element`] are not parsers.
@@ -20,5 +21,6 @@ pub mod client;
 pub mod file_server;
 pub mod messages;
 pub mod pki;
+pub mod postgres;
 pub mod receiver;
 pub mod token_server;
