@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `token`, `report`, `import-ranges`, `queue`. The demo and the
+//! The command line: `serve`, `check`, `token`, `report`, `import-ranges`, `queue`, `store`. The demo and the
 //! sample receiver are another binary (`obmguard-demo`), which runs the proxy through
 //! [`ServeArgs`] and [`crate::commands::serve`].
 
@@ -103,6 +103,22 @@ pub enum Command {
     Queue {
         #[command(subcommand)]
         op: QueueOp,
+    },
+    /// The store itself.
+    Store {
+        #[command(subcommand)]
+        op: StoreOp,
+    },
+}
+
+/// `obmguard store ...`.
+#[derive(Debug, Subcommand)]
+pub enum StoreOp {
+    /// Bring the store's schema up to date (also done by `serve` at start; safe while other
+    /// instances start or run).
+    Migrate {
+        #[arg(long, default_value = "obmguard.toml")]
+        config: PathBuf,
     },
 }
 

@@ -57,6 +57,52 @@ pub fn run(cmd: Command) -> i32 {
             dry_run,
         }),
         Command::Queue { op } => queue(op),
+        Command::Store {
+            op: crate::cli::StoreOp::Migrate { config },
+        } => store_migrate(&config),
+    }
+}
+
+/// `obmguard store migrate`: the schema of the store `[store]` names, up to date.
+fn store_migrate(config: &Path) -> i32 {
+    use crate::config::StoreEngine;
+    let Some(cfg) = load_or_print(config) else {
+        return 2;
+    };
+    let Some(sc) = &cfg.store else {
+        eprintln!(
+            "obmguard store migrate: {} has no [store]: nothing to migrate",
+            config.display()
+        );
+        return 2;
+    };
+    let done = match &sc.engine {
+        StoreEngine::Sqlite { path } => {
+            crate::store::open(sc).map(|_| format!("the store in {} is up to date", path.display()))
+        }
+        StoreEngine::Postgres { url, pool_size } => {
+            let options = crate::store::PgOptions {
+                max_connections: (*pool_size).min(2),
+                ..Default::default()
+            };
+            crate::store::migrate_postgres(url, options).map(|m| {
+                if m.from == m.to {
+                    format!("PostgreSQL store: schema version {} already", m.to)
+                } else {
+                    format!("PostgreSQL store: schema version {} -> {}", m.from, m.to)
+                }
+            })
+        }
+    };
+    match done {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("obmguard store migrate: {e}");
+            1
+        }
     }
 }
 

@@ -328,9 +328,9 @@ fn restart_notes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.audit_log != new.server.audit_log {
         notes.push("server.audit_log");
     }
-    let store_path = |c: &Config| c.store.as_ref().map(|s| s.path.clone());
-    if store_path(old) != store_path(new) {
-        notes.push("store.path");
+    let engine = |c: &Config| c.store.as_ref().map(|s| s.engine.clone());
+    if engine(old) != engine(new) {
+        notes.push("[store] path, url or pool_size");
     }
     if old.server.threads != new.server.threads {
         notes.push("server.threads");

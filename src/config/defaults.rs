@@ -235,6 +235,7 @@ pub const STORE_MAX_BYTES: Setting = int(
     Proxy,
 );
 pub const LEASE_MS: Setting = int("store.lease_ms", 30_000, 1_000, 3_600_000, Proxy);
+pub const POOL_SIZE: Setting = int("store.pool_size", 16, 1, 1_000, Proxy);
 
 // A route's [delivery]
 pub const DELIVERY_MODE: Fixed = Fixed {
@@ -303,6 +304,7 @@ pub const SETTINGS: &[Setting] = &[
     STORE_MAX_MESSAGES,
     STORE_MAX_BYTES,
     LEASE_MS,
+    POOL_SIZE,
     CONCURRENCY,
     MAX_AGE_SECONDS,
     DEDUPE_WINDOW_SECONDS,

@@ -217,6 +217,9 @@ pub struct LimitsSection {
 pub struct StoreSection {
     /// The embedded store's directory.
     pub path: Option<S<String>>,
+    /// A PostgreSQL URL (a secret: it may hold a password), for a fleet.
+    pub url: Option<S<SecretSource>>,
+    pub pool_size: Option<S<i64>>,
     pub max_messages: Option<S<i64>>,
     pub max_bytes: Option<S<i64>>,
     pub lease_ms: Option<S<i64>>,

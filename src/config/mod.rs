@@ -202,11 +202,32 @@ pub struct Route {
     pub delivery: DeliveryPolicy,
 }
 
-/// `[store]`: the embedded store and its bounds.
+/// Where the store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// The embedded SQLite store, in this directory (created 0700 if missing).
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL database shared by a fleet; the URL is a secret (it may hold a password).
+    Postgres {
+        url: crate::secret::Secret,
+        pool_size: usize,
+    },
+}
+
+impl StoreEngine {
+    /// What an operator may see: the directory, or the server without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreEngine::Sqlite { path } => path.display().to_string(),
+            StoreEngine::Postgres { .. } => "PostgreSQL ([store] url)".into(),
+        }
+    }
+}
+
+/// `[store]`: where queued messages and the duplicate window rest, and its bounds.
 #[derive(Debug)]
 pub struct StoreConfig {
-    /// The store's directory (created 0700 if missing).
-    pub path: PathBuf,
+    pub engine: StoreEngine,
     /// Messages held (not yet delivered) over all routes; one more is answered 503.
     pub max_messages: u64,
     /// Body bytes held over all routes; past it, 503.

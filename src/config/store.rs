@@ -12,7 +12,7 @@ use super::defaults as k;
 use super::diag::FileDiag;
 use super::file::{self, DeliveryMode, S};
 use super::secrets::{resolve_secret, Inline};
-use super::{DeliveryPolicy, SessionMode, StoreConfig};
+use super::{DeliveryPolicy, SessionMode, StoreConfig, StoreEngine};
 
 pub(super) fn build(
     d: &mut FileDiag,
@@ -25,22 +25,50 @@ pub(super) fn build(
     let max_messages = int(d, &k::STORE_MAX_MESSAGES, &t.max_messages) as u64;
     let max_bytes = int(d, &k::STORE_MAX_BYTES, &t.max_bytes) as u64;
     let lease = millis(d, &k::LEASE_MS, &t.lease_ms);
-    let Some(path) = &t.path else {
-        d.error(
-            span(s),
-            "store.path",
-            "a [store] needs path: the directory of the embedded store, e.g. path = \"/var/lib/obmguard\"",
-        );
-        return None;
+    let pool_size = count(d, &k::POOL_SIZE, &t.pool_size);
+    let engine = match (&t.path, &t.url) {
+        (Some(_), Some(url)) => {
+            d.error(
+                span(url),
+                "store.url",
+                "a [store] has either path (the embedded store) or url (PostgreSQL), not both",
+            );
+            None
+        }
+        (None, None) => {
+            d.error(
+                span(s),
+                "store.path",
+                "a [store] needs path (the embedded store's directory, e.g. path = \"/var/lib/obmguard\") or url (PostgreSQL, e.g. url = { env = \"OBMGUARD_STORE_URL\" })",
+            );
+            None
+        }
+        (Some(path), None) if path.get_ref().trim().is_empty() => {
+            d.error(
+                span(path),
+                "store.path",
+                "empty: write the store's directory, e.g. \"/var/lib/obmguard\"",
+            );
+            None
+        }
+        (Some(path), None) => Some(StoreEngine::Sqlite {
+            path: resolve(base, path.get_ref()),
+        }),
+        (None, Some(url)) => {
+            let url = resolve_secret(d, ctx, base, "store.url", url, Inline::Refused)?;
+            let e = url.expose();
+            if !(e.starts_with("postgres://") || e.starts_with("postgresql://")) {
+                d.error(
+                    t.url.as_ref().map(span),
+                    "store.url",
+                    "the store URL must be a postgres:// (or postgresql://) URL, e.g. postgres://obmguard:PASSWORD@db.internal:5432/obmguard?sslmode=verify-full",
+                );
+                return None;
+            }
+            Some(StoreEngine::Postgres { url, pool_size })
+        }
     };
-    if path.get_ref().trim().is_empty() {
-        d.error(
-            span(path),
-            "store.path",
-            "empty: write the store's directory, e.g. \"/var/lib/obmguard\"",
-        );
-        return None;
-    }
+    let engine = engine?;
     let admin_token = t.admin_token.as_ref().and_then(|a| {
         let token = resolve_secret(d, ctx, base, "store.admin_token", a, Inline::Refused)?;
         if token.expose().len() < 16 {
@@ -54,7 +82,7 @@ pub(super) fn build(
         Some(token)
     });
     Some(StoreConfig {
-        path: resolve(base, path.get_ref()),
+        engine,
         max_messages,
         max_bytes,
         lease,

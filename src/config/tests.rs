@@ -979,7 +979,12 @@ fn delivery_settings_load_with_their_defaults_and_cross_checks() {
     );
     let c = ok(&io);
     let store = c.store.as_ref().expect("[store]");
-    assert_eq!(store.path, Path::new("/cfg/state"));
+    assert_eq!(
+        store.engine,
+        crate::config::StoreEngine::Sqlite {
+            path: "/cfg/state".into()
+        }
+    );
     assert_eq!(
         (store.max_messages, store.lease),
         (10, Duration::from_millis(2000))
@@ -1034,4 +1039,59 @@ fn delivery_settings_load_with_their_defaults_and_cross_checks() {
     let e = errors(&io);
     has_error(&e, "/cfg/obmguard.toml:12: store", "needs path");
     has_error(&e, "/cfg/obmguard.toml:13: store.max_bytes", "out of range");
+}
+
+#[test]
+fn a_postgresql_store_url_is_a_secret_and_excludes_a_path() {
+    let pw = "pa55word-never-printed";
+    let url = format!("postgres://obmguard:{pw}@db.internal:5432/obmguard");
+    let io = world(
+        &proxy_toml("\n[store]\nurl = { env = \"OBMGUARD_STORE_URL\" }\npool_size = 4\n"),
+        &[(
+            "a.toml",
+            route_toml("a", "/obm/a", "[delivery]\nmode = \"queued\"\n"),
+        )],
+    )
+    .var("OBMGUARD_STORE_URL", &url);
+    let c = ok(&io);
+    let store = c.store.as_ref().unwrap();
+    match &store.engine {
+        crate::config::StoreEngine::Postgres { url: u, pool_size } => {
+            assert_eq!((u.expose(), *pool_size), (url.as_str(), 4));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!format!("{c:?}").contains(pw), "Debug shows no password");
+
+    let both = world(
+        &proxy_toml("\n[store]\npath = \"state\"\nurl = { env = \"OBMGUARD_STORE_URL\" }\n"),
+        &[],
+    )
+    .var("OBMGUARD_STORE_URL", &url);
+    has_error(
+        &errors(&both),
+        "/cfg/obmguard.toml:14: store.url",
+        "not both",
+    );
+    let inline = world(
+        &proxy_toml(&format!("\n[store]\nurl = {{ value = \"{url}\" }}\n")),
+        &[],
+    );
+    let e = errors(&inline);
+    has_error(&e, "/cfg/obmguard.toml:13: store.url", "may not be written");
+    assert!(e.iter().all(|m| !m.contains(pw)), "{e:?}");
+    let unset = world(
+        &proxy_toml("\n[store]\nurl = { env = \"OBMGUARD_STORE_URL\" }\n"),
+        &[],
+    );
+    has_error(
+        &errors(&unset),
+        "/cfg/obmguard.toml:13: store.url",
+        "OBMGUARD_STORE_URL is not set",
+    );
+    let mysql =
+        world(&proxy_toml("\n[store]\nurl = { env = \"U\" }\n"), &[]).var("U", "mysql://x:y@h/d");
+    let e = errors(&mysql);
+    has_error(&e, "/cfg/obmguard.toml:13: store.url", "postgres://");
+    assert!(e.iter().all(|m| !m.contains("x:y")), "{e:?}");
 }

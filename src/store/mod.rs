@@ -51,10 +51,50 @@ mod tests;
 /// The database file of the embedded store inside `[store] path`.
 pub const SQLITE_FILE: &str = "obmguard.sqlite3";
 
-/// Open the store `[store]` names. Blocking: call it at start-up (or off the runtime).
+/// Open the store `[store]` names, with its schema up to date. Blocking: call it at start-up
+/// or from a command, not from a request. PostgreSQL is connected to and migrated on a thread
+/// of its own (several instances may do this at once: the migration takes an advisory lock);
+/// the store returned connects lazily, on the runtime that first uses it.
 pub fn open(c: &crate::config::StoreConfig) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    let s = SqliteStore::open(c.path.join(SQLITE_FILE), OpenOptions::default())?;
-    Ok(std::sync::Arc::new(s))
+    use crate::config::StoreEngine;
+    match &c.engine {
+        StoreEngine::Sqlite { path } => {
+            let s = SqliteStore::open(path.join(SQLITE_FILE), OpenOptions::default())?;
+            Ok(std::sync::Arc::new(s))
+        }
+        StoreEngine::Postgres { url, pool_size } => {
+            let options = PgOptions {
+                max_connections: *pool_size,
+                ..PgOptions::default()
+            };
+            migrate_postgres(url, options.clone())?;
+            Ok(std::sync::Arc::new(PgStore::new(url, options)?))
+        }
+    }
+}
+
+/// Connect to PostgreSQL and bring its schema up to date, on a thread and runtime of its own
+/// (so it may be called from anywhere, a runtime included).
+pub fn migrate_postgres(
+    url: &crate::secret::Secret,
+    options: PgOptions,
+) -> Result<Migrated, StoreError> {
+    let url = url.clone();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Other(format!("cannot start a runtime: {e}")))?;
+                rt.block_on(async {
+                    let store = PgStore::connect(&url, options).await?;
+                    store.migrate().await
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Other("the migration thread panicked".into())))
+    })
 }
 
 /// A message that passed every check, ready to be committed.

@@ -99,7 +99,10 @@ pub(super) async fn release_takes_back_only_the_named_owners_leases(e: &dyn Engi
     assert_eq!(state_of(&*store, b).await, State::Queued);
     assert_eq!(state_of(&*store, c).await, State::Delivering);
     // Due at once, long before the lease would have ended.
-    let again = store.claim("orders", "host/11/cc/", LEASE, 4, t(1)).await.unwrap();
+    let again = store
+        .claim("orders", "host/11/cc/", LEASE, 4, t(1))
+        .await
+        .unwrap();
     assert_eq!(again.unwrap().id, a);
     assert_eq!(store.release("nobody/", t(1)).await.unwrap(), 0);
 }
