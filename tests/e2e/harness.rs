@@ -106,15 +106,28 @@ impl Proxy {
     }
 
     pub async fn try_start(w: &World, s: &Setup, env: &[(&str, &str)]) -> Result<Proxy, String> {
+        Self::try_start_in(w, s, env, "").await
+    }
+
+    /// As [`Proxy::try_start`], with its configuration, policies and audit file in the
+    /// World's subdirectory `sub` (`""`: the World's own directory), so that several
+    /// instances share one PKI.
+    pub async fn try_start_in(
+        w: &World,
+        s: &Setup,
+        env: &[(&str, &str)],
+        sub: &str,
+    ) -> Result<Proxy, String> {
         let port = free_port();
         let admin_port = free_port();
-        let policies = w.path("policies");
+        let at = |rel: &str| w.path(sub).join(rel);
+        let policies = at("policies");
         std::fs::create_dir_all(&policies).unwrap();
         for (f, body) in &s.routes {
             std::fs::write(policies.join(f), body).unwrap();
         }
-        let audit = w.path("audit.jsonl");
-        let config = w.path("obmguard.toml");
+        let audit = at("audit.jsonl");
+        let config = at("obmguard.toml");
         let text = format!(
             "[server]\nlisten = [\"127.0.0.1:{port}\"]\ntls_cert = {:?}\ntls_key = {:?}\nadmin_listen = \"127.0.0.1:{admin_port}\"\npolicies = \"policies\"\naudit_log = {:?}\nthreads = 2\n{}\n[client_cert]\n{}\n[source]\n{}\n{}",
             w.pki.server.cert.display().to_string(),
@@ -126,7 +139,7 @@ impl Proxy {
             s.extra
         );
         std::fs::write(&config, text).unwrap();
-        Self::spawn(w, &config, port, admin_port, audit, env, &[]).await
+        Self::spawn(&config, port, admin_port, audit, env, &[]).await
     }
 
     /// Start on a configuration already written (ports and audit file read back from it).
@@ -135,7 +148,7 @@ impl Proxy {
     }
 
     /// As [`Proxy::start_config`], with extra `serve` arguments (e.g. `--upgrade`).
-    pub async fn start_config_with(w: &World, config: &Path, args: &[&str]) -> Proxy {
+    pub async fn start_config_with(_w: &World, config: &Path, args: &[&str]) -> Proxy {
         let text = std::fs::read_to_string(config).unwrap();
         let port_of = |key: &str| -> u16 {
             let line = text.lines().find(|l| l.starts_with(key)).unwrap();
@@ -147,13 +160,13 @@ impl Proxy {
                 .unwrap()
         };
         let (port, admin) = (port_of("listen"), port_of("admin_listen"));
-        Self::spawn(w, config, port, admin, w.path("audit.jsonl"), &[], args)
+        let audit = config.parent().unwrap().join("audit.jsonl");
+        Self::spawn(config, port, admin, audit, &[], args)
             .await
             .unwrap()
     }
 
     async fn spawn(
-        w: &World,
         config: &Path,
         port: u16,
         admin_port: u16,
@@ -166,7 +179,7 @@ impl Proxy {
         cmd.args(["serve", "--config"])
             .arg(&config)
             .arg("--upgrade-sock")
-            .arg(w.path("upgrade.sock"))
+            .arg(config.parent().unwrap().join("upgrade.sock"))
             .args(args);
         cmd.env("RUST_LOG", "info")
             .stdout(Stdio::null())

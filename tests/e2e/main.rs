@@ -10,6 +10,7 @@ mod check;
 mod compose;
 mod core;
 mod faults;
+mod fleet;
 mod monitoring;
 mod oauth;
 mod ops;

@@ -19,7 +19,7 @@ use obmguard_testkit::receiver::{Behaviour, Receiver};
 
 /// HAProxy from the system's packages, or `None` outside CI where it is not installed (under
 /// `CI=true` a missing HAProxy fails the test: .ci/run installs it).
-fn haproxy_binary() -> Option<PathBuf> {
+pub(crate) fn haproxy_binary() -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
