@@ -38,7 +38,6 @@ use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::ErrorType;
-use pingora_http::RequestHeader;
 use tokio::io::AsyncReadExt;
 
 use crate::config::{Limits, Route};
@@ -152,14 +151,18 @@ impl Receivers {
         let key = peer.reuse_hash();
         let keepalive = d.route.upstream_keepalive
             && !self.distrusted.read().is_ok_and(|set| set.contains(&key));
-        let stream = self
+        let mut stream = self
             .stream(&peer, keepalive, d, report)
             .await
             .map_err(Connect)?;
+        let request = self.request(d, keepalive).map_err(Sent)?;
+        send(&mut stream, &request, d.route)
+            .await
+            .map_err(Sent)?;
         let mut s = HttpSession::new_with_options(stream, &peer);
         s.read_timeout = Some(d.route.upstream_timeout);
         s.write_timeout = Some(d.route.upstream_timeout);
-        let verdict = self.once(&mut s, d, keepalive, report).await;
+        let verdict = self.answer(&mut s, d, report).await;
         if verdict.is_ok() && keepalive {
             s.respect_keepalive();
             if let Some(stream) = s.reuse().await {
@@ -248,11 +251,11 @@ impl Receivers {
         peer
     }
 
-    fn request_header(&self, d: &Delivery<'_>, keepalive: bool) -> Result<RequestHeader, Failure> {
+    /// The whole request, head and body, in one buffer: it goes out in one write (one
+    /// segment where it fits), not pingora's head-then-body. Every header value is checked
+    /// as an HTTP field value (no CR, LF or NUL can split the head).
+    fn request(&self, d: &Delivery<'_>, keepalive: bool) -> Result<Vec<u8>, Failure> {
         let up = &d.route.upstream;
-        let internal = |_| Failure::UpstreamUnreachable;
-        let mut h = RequestHeader::build("POST", up.path_and_query.as_bytes(), Some(9))
-            .map_err(internal)?;
         let default_port = if up.tls { 443 } else { 80 };
         let host = match (up.port == default_port, up.host.contains(':')) {
             (true, false) => up.host.clone(),
@@ -260,39 +263,50 @@ impl Receivers {
             (false, false) => format!("{}:{}", up.host, up.port),
             (false, true) => format!("[{}]:{}", up.host, up.port),
         };
-        h.insert_header("Host", host).map_err(internal)?;
-        h.insert_header("Content-Type", "text/xml; charset=UTF-8")
-            .map_err(internal)?;
-        h.insert_header("SOAPAction", d.soap_action.unwrap_or(b"\"\""))
-            .map_err(internal)?;
-        h.insert_header("Content-Length", d.body.len().to_string())
-            .map_err(internal)?;
-        if let Some(ip) = d.client_ip {
-            h.insert_header("X-Forwarded-For", ip.to_string())
-                .map_err(internal)?;
+        let length = d.body.len().to_string();
+        let client = d.client_ip.map(|ip| ip.to_string());
+        let bearer = d.bearer.map(|t| format!("Bearer {t}"));
+        let fields: [(&str, Option<&[u8]>); 8] = [
+            ("Host", Some(host.as_bytes())),
+            ("Content-Type", Some(b"text/xml; charset=UTF-8")),
+            ("SOAPAction", Some(d.soap_action.unwrap_or(b"\"\""))),
+            ("Content-Length", Some(length.as_bytes())),
+            ("X-Forwarded-For", client.as_deref().map(str::as_bytes)),
+            ("X-Request-Id", Some(d.request_id.as_bytes())),
+            ("Connection", (!keepalive).then_some(b"close".as_slice())),
+            ("Authorization", bearer.as_deref().map(str::as_bytes)),
+        ];
+        let path = up.path_and_query.as_bytes();
+        if path.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(Failure::Internal("the receiver's path is not a request target"));
         }
-        h.insert_header("X-Request-Id", d.request_id)
-            .map_err(internal)?;
-        if !keepalive {
-            h.insert_header("Connection", "close").map_err(internal)?;
+        let mut out = Vec::with_capacity(512 + d.body.len());
+        out.extend_from_slice(b"POST ");
+        out.extend_from_slice(path);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in fields {
+            let Some(value) = value else { continue };
+            if http::HeaderValue::from_bytes(value).is_err() {
+                return Err(Failure::Internal("a header value is not a valid HTTP field value"));
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
         }
-        if let Some(token) = d.bearer {
-            h.insert_header("Authorization", format!("Bearer {token}"))
-                .map_err(internal)?;
-        }
-        Ok(h)
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&d.body);
+        Ok(out)
     }
 
-    /// One request and its answer. Nothing is retried from here on: the request may have
-    /// reached the receiver.
-    async fn once(
+    /// The answer to a request already sent. Nothing is retried from here on: the request may
+    /// have reached the receiver.
+    async fn answer(
         &self,
         s: &mut HttpSession,
         d: &Delivery<'_>,
-        keepalive: bool,
         report: &mut Report,
     ) -> Result<(), Failure> {
-        let header = self.request_header(d, keepalive)?;
         let name = &d.route.name;
         let limit = d.route.upstream_timeout;
         let failed = |what: &'static str| {
@@ -308,15 +322,6 @@ impl Receivers {
                 }
             }
         };
-        s.write_request_header(Box::new(header))
-            .await
-            .map_err(failed("sending to the receiver failed"))?;
-        s.write_body(&d.body)
-            .await
-            .map_err(failed("sending to the receiver failed"))?;
-        s.finish_body()
-            .await
-            .map_err(failed("sending to the receiver failed"))?;
         let mut informational = 0;
         let status = loop {
             s.read_response()
@@ -427,6 +432,23 @@ fn explain(label: &'static str) -> &'static str {
 
 /// Shared so every connection task can reach it.
 pub type SharedReceivers = Arc<Receivers>;
+
+/// Write a whole request on the connection and flush it, within the route's deadline.
+async fn send(stream: &mut Stream, request: &[u8], route: &Route) -> Result<(), Failure> {
+    use tokio::io::AsyncWriteExt;
+    let write = async {
+        stream.write_all(request).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(route.upstream_timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(route = %route.name, error = %e, "sending to the receiver failed");
+            Err(Failure::UpstreamUnreachable)
+        }
+        Err(_) => Err(Failure::UpstreamTimeout(route.upstream_timeout.as_secs().max(1))),
+    }
+}
 
 #[cfg(test)]
 mod tests {
