@@ -326,6 +326,9 @@ max_connections_per_source = 16384
 path = "{path}"
 upstream = "{upstream}"
 upstream_timeout_ms = 5000
+# Like nginx's and haproxy's keep-alive pools to the same backend (obmguard's default is one
+# connection per message: see upstream_keepalive in policies/README.md).
+upstream_keepalive = true
 
 [message]
 organization_ids = ["{ORG_ID}"]

@@ -56,6 +56,8 @@ pub mod decision {
 
 /// How often the dispatcher looks for due messages when nothing wakes it.
 const POLL: Duration = Duration::from_secs(1);
+/// How long the dispatcher lets wake-ups gather before it claims.
+const GATHER: Duration = Duration::from_millis(2);
 /// How often the queue metrics are refreshed and delivered messages pruned.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// Delivered messages are kept this long (for `queue list --state delivered`).
@@ -184,6 +186,9 @@ impl BackgroundService for Deliveries {
                 _ = tokio::time::sleep(POLL) => {}
                 _ = shutdown.changed() => return,
             }
+            // Let a burst of messages queued (or deliveries ended) gather, so one claim takes
+            // several: a claim is a write transaction.
+            tokio::time::sleep(GATHER).await;
         }
     }
 }
@@ -216,53 +221,71 @@ async fn dispatch(
                 break;
             }
             let claimed = store
-                .claim(name, &rt.worker_id, lease, limit, SystemTime::now())
+                .claim_batch(
+                    name,
+                    &rt.worker_id,
+                    lease,
+                    limit,
+                    limit - here,
+                    SystemTime::now(),
+                )
                 .await;
-            let m = match claimed {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
+            let batch = match claimed {
+                Ok(b) if b.is_empty() => break,
+                Ok(b) => b,
                 Err(e) => {
                     tracing::error!(route = %name, error = %e, "cannot claim queued messages; trying again shortly");
                     state.metrics.store_error(store_op::CLAIM);
                     break;
                 }
             };
-            if let Ok(mut map) = running.lock() {
-                *map.entry(name.clone()).or_default() += 1;
-            }
-            let (rt, store, running, state) =
-                (rt.clone(), store.clone(), running.clone(), state.clone());
-            tokio::spawn(async move {
-                let worker = rt.worker_id.clone();
-                let counter = rt.inflight_counter().clone();
-                counter.fetch_add(1, Ordering::AcqRel);
-                let one = Attempt {
-                    store: store.as_ref(),
-                    receiver: &rt.receivers,
-                    audit: &rt.audit,
-                    metrics: &rt.metrics,
-                    worker: &worker,
-                };
-                // A panic in one delivery must not take the count down with it: the lease
-                // expires and the message is tried again.
-                let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                    one.run(&state, m),
-                ))
-                .await;
-                if result.is_err() {
-                    tracing::error!(route = %state.route.name, "a delivery panicked; the message is tried again when its lease ends");
-                    state.metrics.panic();
-                }
-                counter.fetch_sub(1, Ordering::AcqRel);
+            for m in batch {
                 if let Ok(mut map) = running.lock() {
-                    if let Some(n) = map.get_mut(&state.route.name) {
-                        *n = n.saturating_sub(1);
-                    }
+                    *map.entry(name.clone()).or_default() += 1;
                 }
-                rt.queued.notify_one();
-            });
+                start_delivery(rt, store, running, state, m);
+            }
         }
     }
+}
+
+/// One claimed message's delivery, as a task of its own.
+fn start_delivery(
+    rt: &Arc<Runtime>,
+    store: &Arc<dyn Store>,
+    running: &Arc<Mutex<HashMap<String, usize>>>,
+    state: &Arc<RouteState>,
+    m: Claimed,
+) {
+    let (rt, store, running, state) = (rt.clone(), store.clone(), running.clone(), state.clone());
+    tokio::spawn(async move {
+        let worker = rt.worker_id.clone();
+        let counter = rt.inflight_counter().clone();
+        counter.fetch_add(1, Ordering::AcqRel);
+        let one = Attempt {
+            store: store.as_ref(),
+            receiver: &rt.receivers,
+            audit: &rt.audit,
+            metrics: &rt.metrics,
+            worker: &worker,
+        };
+        // A panic in one delivery must not take the count down with it: the lease
+        // expires and the message is tried again.
+        let result =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(one.run(&state, m)))
+                .await;
+        if result.is_err() {
+            tracing::error!(route = %state.route.name, "a delivery panicked; the message is tried again when its lease ends");
+            state.metrics.panic();
+        }
+        counter.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut map) = running.lock() {
+            if let Some(n) = map.get_mut(&state.route.name) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        rt.queued.notify_one();
+    });
 }
 
 /// Queue metrics, and forgetting delivered messages and old duplicate-window entries.

@@ -156,9 +156,7 @@ impl Receivers {
             .await
             .map_err(Connect)?;
         let request = self.request(d, keepalive).map_err(Sent)?;
-        send(&mut stream, &request, d.route)
-            .await
-            .map_err(Sent)?;
+        send(&mut stream, &request, d.route).await.map_err(Sent)?;
         let mut s = HttpSession::new_with_options(stream, &peer);
         s.read_timeout = Some(d.route.upstream_timeout);
         s.write_timeout = Some(d.route.upstream_timeout);
@@ -277,8 +275,13 @@ impl Receivers {
             ("Authorization", bearer.as_deref().map(str::as_bytes)),
         ];
         let path = up.path_and_query.as_bytes();
-        if path.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-            return Err(Failure::Internal("the receiver's path is not a request target"));
+        if path
+            .iter()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(Failure::Internal(
+                "the receiver's path is not a request target",
+            ));
         }
         let mut out = Vec::with_capacity(512 + d.body.len());
         out.extend_from_slice(b"POST ");
@@ -287,7 +290,9 @@ impl Receivers {
         for (name, value) in fields {
             let Some(value) = value else { continue };
             if http::HeaderValue::from_bytes(value).is_err() {
-                return Err(Failure::Internal("a header value is not a valid HTTP field value"));
+                return Err(Failure::Internal(
+                    "a header value is not a valid HTTP field value",
+                ));
             }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -446,7 +451,9 @@ async fn send(stream: &mut Stream, request: &[u8], route: &Route) -> Result<(), 
             tracing::warn!(route = %route.name, error = %e, "sending to the receiver failed");
             Err(Failure::UpstreamUnreachable)
         }
-        Err(_) => Err(Failure::UpstreamTimeout(route.upstream_timeout.as_secs().max(1))),
+        Err(_) => Err(Failure::UpstreamTimeout(
+            route.upstream_timeout.as_secs().max(1),
+        )),
     }
 }
 

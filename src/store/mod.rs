@@ -398,6 +398,27 @@ pub trait Store: Send + Sync {
         now: SystemTime,
     ) -> Result<Option<Claimed>, StoreError>;
 
+    /// As [`Store::claim`], up to `max` messages in one transaction (never more than the
+    /// route's `concurrency` leases out in all). The default claims one at a time.
+    async fn claim_batch(
+        &self,
+        route: &str,
+        worker: &str,
+        lease: Duration,
+        concurrency: usize,
+        max: usize,
+        now: SystemTime,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.claim(route, worker, lease, concurrency, now).await? {
+                Some(c) => out.push(c),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Leases held by workers whose id starts with `owner_prefix` end now: their messages are
     /// due at `now`. For start-up, to take back what a process that died was delivering
     /// (without waiting for its leases to expire). Returns how many.

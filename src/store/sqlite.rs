@@ -371,10 +371,26 @@ impl Store for SqliteStore {
         concurrency: usize,
         now: SystemTime,
     ) -> Result<Option<Claimed>, StoreError> {
+        let mut one = self
+            .claim_batch(route, worker, lease, concurrency, 1, now)
+            .await?;
+        Ok(one.pop())
+    }
+
+    async fn claim_batch(
+        &self,
+        route: &str,
+        worker: &str,
+        lease: Duration,
+        concurrency: usize,
+        max: usize,
+        now: SystemTime,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let (route, worker) = (route.to_owned(), worker.to_owned());
         let now = ms(now);
         let until = now.saturating_add(dur_ms(lease));
         let concurrency = i64::try_from(concurrency).unwrap_or(i64::MAX);
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.write(move |c| {
             let live: i64 = c
                 .prepare_cached(
@@ -382,36 +398,37 @@ impl Store for SqliteStore {
                      WHERE state = 'delivering' AND route = ?1 AND next_attempt_ms > ?2",
                 )?
                 .query_row(params![route, now], |r| r.get(0))?;
-            if live >= concurrency {
-                return Ok(None);
+            let n = (concurrency - live).min(max);
+            if n <= 0 {
+                return Ok(Vec::new());
             }
-            let claimed = c
-                .prepare_cached(
-                    "UPDATE messages SET state = 'delivering', lease_owner = ?3, \
-                         next_attempt_ms = ?4, attempts = attempts + 1 \
-                     WHERE id = (SELECT id FROM messages \
-                         WHERE state IN ('queued', 'delivering') AND route = ?1 \
-                             AND next_attempt_ms <= ?2 \
-                         ORDER BY next_attempt_ms, id LIMIT 1) \
-                     RETURNING id, route, organization_id, action_id, notification_ids, \
-                         request_id, body, attempts, accepted_at_ms, age_from_ms, next_attempt_ms",
-                )?
-                .query_row(params![route, now, worker, until], |r| {
-                    Ok(Claimed {
-                        id: r.get(0)?,
-                        route: r.get(1)?,
-                        organization_id: r.get(2)?,
-                        action_id: r.get(3)?,
-                        notification_ids: json_ids(r, 4)?,
-                        request_id: r.get(5)?,
-                        body: Bytes::from(r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default()),
-                        attempts: r.get(7)?,
-                        accepted_at: time(r.get(8)?),
-                        age_from: time(r.get(9)?),
-                        lease_until: time(r.get(10)?),
-                    })
+            let mut stmt = c.prepare_cached(
+                "UPDATE messages SET state = 'delivering', lease_owner = ?3, \
+                     next_attempt_ms = ?4, attempts = attempts + 1 \
+                 WHERE id IN (SELECT id FROM messages \
+                     WHERE state IN ('queued', 'delivering') AND route = ?1 \
+                         AND next_attempt_ms <= ?2 \
+                     ORDER BY next_attempt_ms, id LIMIT ?5) \
+                 RETURNING id, route, organization_id, action_id, notification_ids, \
+                     request_id, body, attempts, accepted_at_ms, age_from_ms, next_attempt_ms",
+            )?;
+            let rows = stmt.query_map(params![route, now, worker, until, n], |r| {
+                Ok(Claimed {
+                    id: r.get(0)?,
+                    route: r.get(1)?,
+                    organization_id: r.get(2)?,
+                    action_id: r.get(3)?,
+                    notification_ids: json_ids(r, 4)?,
+                    request_id: r.get(5)?,
+                    body: Bytes::from(r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default()),
+                    attempts: r.get(7)?,
+                    accepted_at: time(r.get(8)?),
+                    age_from: time(r.get(9)?),
+                    lease_until: time(r.get(10)?),
                 })
-                .optional()?;
+            })?;
+            let mut claimed = rows.collect::<Result<Vec<_>, _>>()?;
+            claimed.sort_by_key(|m| m.id);
             Ok(claimed)
         })
         .await

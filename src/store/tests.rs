@@ -134,6 +134,7 @@ engines!(
     a_message_is_admitted_claimed_and_delivered,
     a_worker_that_died_loses_its_lease_to_another_worker,
     release_takes_back_only_the_named_owners_leases,
+    a_batch_claim_takes_the_due_messages_in_order_up_to_the_concurrency,
     claims_stop_at_the_route_concurrency,
     a_message_waits_for_its_retry_time,
     failures_follow_the_backoff_schedule_until_the_message_is_a_dead_letter,

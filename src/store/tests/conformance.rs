@@ -107,6 +107,24 @@ pub(super) async fn release_takes_back_only_the_named_owners_leases(e: &dyn Engi
     assert_eq!(store.release("nobody/", t(1)).await.unwrap(), 0);
 }
 
+pub(super) async fn a_batch_claim_takes_the_due_messages_in_order_up_to_the_concurrency(
+    e: &dyn Engine,
+) {
+    let store = e.open().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(stored(&*store, msg("orders", &[n], "<x/>", t(0))).await);
+    }
+    let first = store.claim_batch("orders", "w1", LEASE, 4, 3, t(1)).await.unwrap();
+    assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..3]);
+    assert!(first.iter().all(|m| m.attempts == 1 && m.lease_until == t(1) + LEASE));
+    // One lease left before the route's concurrency (4).
+    let second = store.claim_batch("orders", "w2", LEASE, 4, 3, t(1)).await.unwrap();
+    assert_eq!(second.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..4]);
+    assert!(store.claim_batch("orders", "w2", LEASE, 4, 3, t(1)).await.unwrap().is_empty());
+    assert!(store.claim_batch("invoices", "w2", LEASE, 4, 3, t(1)).await.unwrap().is_empty());
+}
+
 pub(super) async fn claims_stop_at_the_route_concurrency(e: &dyn Engine) {
     let store = e.open().await;
     for n in 1..=3 {
