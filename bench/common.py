@@ -123,9 +123,13 @@ def sfid18(id15):
     return id15 + suffix
 
 
-def notification(notifications=1, filler=0, org=ORG_ID, session=SESSION_ID):
+def notification(notifications=1, filler=0, org=ORG_ID, session=SESSION_ID, ids=None):
     """A notification in Salesforce's shape (see src/testkit/messages.rs); `filler` characters
-    of an sf:Description field per Account make bigger bodies with at most 100 notifications."""
+    of an sf:Description field per Account make bigger bodies with at most 100 notifications.
+    `ids` gives the Notification Ids (valid 18-character ids, see `notification_id`); by
+    default they are numbered from 0."""
+    if ids is None:
+        ids = [f"04l5e{i:010d}AAA" for i in range(notifications)]
     base = "https://acme.my.salesforce.com/services/Soap"
     org15 = org[:15]
     s = (f'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -138,14 +142,19 @@ def notification(notifications=1, filler=0, org=ORG_ID, session=SESSION_ID):
          f'   <EnterpriseUrl>{base}/c/59.0/{org15}</EnterpriseUrl>\n'
          f'   <PartnerUrl>{base}/u/59.0/{org15}</PartnerUrl>\n')
     text = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 64)[:filler]
-    for i in range(notifications):
+    for i, nid in enumerate(ids):
         desc = f"     <sf:Description>{text}</sf:Description>\n" if filler else ""
-        s += (f'   <Notification>\n    <Id>04l5e{i:010d}AAA</Id>\n'
+        s += (f'   <Notification>\n    <Id>{nid}</Id>\n'
               f'    <sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com">\n'
               f'     <sf:Id>0015e{i:010d}AAA</sf:Id>\n     <sf:Name>Acme Ltd {i}</sf:Name>\n'
               f'{desc}    </sObject>\n   </Notification>\n')
     s += "  </notifications>\n </soapenv:Body>\n</soapenv:Envelope>\n"
     return s.encode()
+
+
+def notification_id(n, prefix="04l5e"):
+    """The n-th valid 18-character Notification Id (key prefix 04l) under `prefix`."""
+    return sfid18(f"{prefix}{n:0{15 - len(prefix)}d}")
 
 
 def sized_notification(target):
@@ -271,13 +280,15 @@ backend be
 
 
 def obmguard_conf(d: Path, pki: Path, mode: str, extra_routes=(), limits="", message="",
-                  audit_log=None):
+                  audit_log=None, tables=""):
     """obmguard.toml and policies/ for one instance; returns the config path. The route /obm
-    forwards to the backend's Ack; `extra_routes` adds (name, path, upstream, extra lines of
-    the [message] table). `mode` is the session id mode, or `queued`: strip, with the route in
-    queued delivery and the store in the instance's var directory (on the same disk as
-    everything else). The benchmark sends one body over and over, so that route does not
-    dedupe: every message is committed."""
+    forwards to the backend's Ack (`tables`: more tables of its policy, e.g. [delivery]);
+    `extra_routes` adds (name, path, upstream, extra lines of the [message] table[, session_id
+    mode (default `mode`)[, more tables]]). `limits` is appended to obmguard.toml after its
+    [limits] keys (so it may open further tables, e.g. [store]). `mode` is the session id
+    mode, or `queued`: strip, with /obm in queued delivery and the store in the instance's var
+    directory (on the same disk as everything else). The benchmark sends one body over and
+    over, so that route does not dedupe: every message is committed."""
     d.mkdir(parents=True, exist_ok=True)
     # Logs live apart from the configuration, as in a deployment (/etc vs /var/log): obmguard
     # watches its configuration directory for changes.
@@ -319,9 +330,12 @@ max_connections = 16384
 max_connections_per_source = 16384
 {limits}
 {store}""")
-    routes = [("obm", "/obm", f"http://127.0.0.1:{PORTS['backend']}/ack", message)]
+    routes = [("obm", "/obm", f"http://127.0.0.1:{PORTS['backend']}/ack", message, session,
+               tables + delivery)]
     routes += list(extra_routes)
-    for name, path, upstream, message_extra in routes:
+    for name, path, upstream, message_extra, *more in routes:
+        session = more[0] if more else mode
+        route_tables = more[1] if len(more) > 1 else ""
         (pol / f"{name}.toml").write_text(f"""name = "{name}"
 path = "{path}"
 upstream = "{upstream}"
@@ -336,7 +350,7 @@ session_id = "{session}"
 {message_extra}
 [identity]
 subject_cn = ["{CLIENT_CN}"]
-{delivery if path == "/obm" else ""}""")
+{route_tables}""")
     return d / "obmguard.toml"
 
 

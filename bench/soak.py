@@ -54,7 +54,10 @@ MIX = {
 
 
 class Client:
-    def __init__(self, pki: Path):
+    """An HTTP/1.1 client over TLS that keeps connections alive in a pool (shared with chaos.py)."""
+
+    def __init__(self, pki: Path, port=PORT, timeout=10):
+        self.port, self.timeout = port, timeout
         def ctx(cert):
             c = ssl.create_default_context(cafile=str(pki / "ca.crt"))
             c.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -67,12 +70,11 @@ class Client:
         self.pool = queue.LifoQueue()
 
     def connect(self, cert="client"):
-        s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
         return self.ctx[cert].wrap_socket(s, server_hostname="127.0.0.1")
 
-    @staticmethod
-    def exchange(conn, path, body, close):
-        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\n"
+    def exchange(self, conn, path, body, close):
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                 f"Content-Type: text/xml; charset=UTF-8\r\nSOAPAction: \"\"\r\n"
                 f"Content-Length: {len(body)}\r\n"
                 + ("Connection: close\r\n" if close else "") + "\r\n").encode()
@@ -100,12 +102,39 @@ class Client:
             rest += chunk
         return status, rest[:length], keep
 
+    def post(self, path, body, keepalive=True, cert="client"):
+        """Returns (status or 'refused', answer body). A kept-alive connection that fails is
+        retried once on a new one (the server may close an idle one just as it is reused), as
+        a client such as Salesforce would."""
+        for attempt in (0, 1):
+            conn = None
+            if keepalive and attempt == 0:
+                try:
+                    conn = self.pool.get_nowait()
+                except queue.Empty:
+                    pass
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = self.connect(cert)
+                status, answer, keep = self.exchange(conn, path, body, close=not keepalive)
+            except (OSError, ssl.SSLError, ConnectionError, ValueError, IndexError):
+                if conn is not None:
+                    conn.close()
+                if reused:
+                    continue
+                return "refused", b""
+            if keepalive and keep:
+                self.pool.put(conn)
+            else:
+                conn.close()
+            return status, answer
+        return "refused", b""
+
     def send(self, kind, bodies):
         """Returns (status or 'refused', answer body)."""
         path, body, cert, keepalive = "/obm", bodies["good"], "client", False
         if kind == "good-keepalive":
-            keepalive = True
-        elif kind == "good-newconn-retry":
             keepalive = True
         elif kind == "rogue-ca-cert":
             cert = "rogue-client"
@@ -119,30 +148,7 @@ class Client:
             path = "/obm-nack"
         elif kind == "receiver-500":
             path = "/obm-broken"
-        conn = None
-        if keepalive:
-            try:
-                conn = self.pool.get_nowait()
-            except queue.Empty:
-                conn = None
-        reused = conn is not None
-        try:
-            if conn is None:
-                conn = self.connect(cert)
-            status, answer, keep = self.exchange(conn, path, body, close=not keepalive)
-        except (OSError, ssl.SSLError, ConnectionError, ValueError, IndexError):
-            if conn is not None:
-                conn.close()
-            if reused:
-                # The server may close an idle kept-alive connection just as we reuse it;
-                # a client then retries on a new one, as Salesforce would.
-                return self.send("good-newconn-retry", bodies)
-            return "refused", b""
-        if keepalive and keep:
-            self.pool.put(conn)
-        else:
-            conn.close()
-        return status, answer
+        return self.post(path, body, keepalive, cert)
 
 
 def bodies():
@@ -197,7 +203,7 @@ def main():
         extra_routes=[("nack", "/obm-nack", f"{backend_url}/nack", ""),
                       ("broken", "/obm-broken", f"{backend_url}/broken", "")],
         message=f"max_body_bytes = {MAX_BODY}\n")
-    client = Client(pki)
+    client = Client(pki, PORT)
     rng = random.Random(a.seed)
     kinds = list(MIX)
     weights = [MIX[k][0] for k in kinds]
