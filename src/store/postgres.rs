@@ -615,11 +615,27 @@ impl Store for PgStore {
         concurrency: usize,
         now: SystemTime,
     ) -> Result<Option<Claimed>, StoreError> {
-        if concurrency == 0 {
-            return Ok(None);
+        let mut one = self
+            .claim_batch(route, worker, lease, concurrency, 1, now)
+            .await?;
+        Ok(one.pop())
+    }
+
+    async fn claim_batch(
+        &self,
+        route: &str,
+        worker: &str,
+        lease: Duration,
+        concurrency: usize,
+        max: usize,
+        now: SystemTime,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if concurrency == 0 || max == 0 {
+            return Ok(Vec::new());
         }
         let until = after(now, lease);
         let concurrency = i64::try_from(concurrency).unwrap_or(i64::MAX);
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
         let key = lock_key(&["claim", route]);
         run!(self, |c| async {
             let tx = c.transaction().await?;
@@ -638,27 +654,30 @@ impl Store for PgStore {
                 )
                 .await?;
             let live: i64 = tx.query_one(&live_stmt, &[&route, &now]).await?.get(0);
-            if live >= concurrency {
+            let n = (concurrency - live).min(max);
+            if n <= 0 {
                 tx.rollback().await?;
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let stmt = tx
                 .prepare_cached(
                     "UPDATE messages SET state = 'delivering', lease_owner = $3, \
                          next_attempt_at = $4, attempts = attempts + 1 \
-                     WHERE id = (SELECT id FROM messages \
+                     WHERE id IN (SELECT id FROM messages \
                          WHERE state IN ('queued', 'delivering') AND route = $1 \
                              AND next_attempt_at <= $2 \
-                         ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                         ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
                      RETURNING id, route, organization_id, action_id, notification_ids, \
                          request_id, body, attempts, accepted_at, age_from, next_attempt_at",
                 )
                 .await?;
-            let row = tx
-                .query_opt(&stmt, &[&route, &now, &worker, &until])
+            let rows = tx
+                .query(&stmt, &[&route, &now, &worker, &until, &n])
                 .await?;
             tx.commit().await?;
-            row.map(|r| claimed(&r)).transpose()
+            let mut out = rows.iter().map(claimed).collect::<Result<Vec<_>, _>>()?;
+            out.sort_by_key(|m| m.id);
+            Ok(out)
         })
     }
 
