@@ -104,7 +104,11 @@ fn pump(
 }
 
 /// One full handshake, both sides in memory; returns the time the server's side took.
-fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>, buf: &mut Vec<u8>) -> Duration {
+fn handshake(
+    server: &Arc<ServerConfig>,
+    client: &Arc<ClientConfig>,
+    buf: &mut Vec<u8>,
+) -> Duration {
     let name = ServerName::try_from("localhost").unwrap();
     let mut c = rustls::Connection::Client(ClientConnection::new(client.clone(), name).unwrap());
     let t = Instant::now();
@@ -128,7 +132,11 @@ fn bench(c: &mut Criterion) {
         b.iter(|| handshake(&server, &client, &mut buf))
     });
     group.bench_function("full_tls13_mtls_handshake_server_side", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| handshake(&server, &client, &mut buf)).sum())
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| handshake(&server, &client, &mut buf))
+                .sum()
+        })
     });
     group.finish();
 }

@@ -115,14 +115,30 @@ pub(super) async fn a_batch_claim_takes_the_due_messages_in_order_up_to_the_conc
     for n in 0..5 {
         ids.push(stored(&*store, msg("orders", &[n], "<x/>", t(0))).await);
     }
-    let first = store.claim_batch("orders", "w1", LEASE, 4, 3, t(1)).await.unwrap();
+    let first = store
+        .claim_batch("orders", "w1", LEASE, 4, 3, t(1))
+        .await
+        .unwrap();
     assert_eq!(first.iter().map(|m| m.id).collect::<Vec<_>>(), ids[..3]);
-    assert!(first.iter().all(|m| m.attempts == 1 && m.lease_until == t(1) + LEASE));
+    assert!(first
+        .iter()
+        .all(|m| m.attempts == 1 && m.lease_until == t(1) + LEASE));
     // One lease left before the route's concurrency (4).
-    let second = store.claim_batch("orders", "w2", LEASE, 4, 3, t(1)).await.unwrap();
+    let second = store
+        .claim_batch("orders", "w2", LEASE, 4, 3, t(1))
+        .await
+        .unwrap();
     assert_eq!(second.iter().map(|m| m.id).collect::<Vec<_>>(), ids[3..4]);
-    assert!(store.claim_batch("orders", "w2", LEASE, 4, 3, t(1)).await.unwrap().is_empty());
-    assert!(store.claim_batch("invoices", "w2", LEASE, 4, 3, t(1)).await.unwrap().is_empty());
+    assert!(store
+        .claim_batch("orders", "w2", LEASE, 4, 3, t(1))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_batch("invoices", "w2", LEASE, 4, 3, t(1))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub(super) async fn claims_stop_at_the_route_concurrency(e: &dyn Engine) {
