@@ -38,7 +38,13 @@ pub async fn token(route: &RouteState, plan: SessionPlan) -> Result<Option<Arc<T
     match source.token().await {
         Ok(t) => Ok(Some(t)),
         Err(e) => {
-            tracing::warn!(route = %route.route.name, error = %e, "no access token for inject");
+            let (log, suppressed) = route.token_warnings.admit(std::time::Instant::now());
+            if suppressed > 0 {
+                tracing::warn!(route = %route.route.name, suppressed, "token failures not logged in the last minute (each is counted in the metrics and the audit trail)");
+            }
+            if log {
+                tracing::warn!(route = %route.route.name, error = %e, "no access token for inject");
+            }
             Err(Failure::TokenUnavailable(e.kind()))
         }
     }

@@ -41,6 +41,9 @@ pub struct RouteState {
     pub client_not_after: Arc<AtomicI64>,
     /// For routes with `[oauth]`.
     pub tokens: Option<Arc<dyn TokenProvider>>,
+    /// How many token failures may be logged (carried across generations): a token endpoint
+    /// that is down fails every message and every retry of a queued one.
+    pub token_warnings: Arc<crate::accept::RateLimit>,
 }
 
 /// Where a generation gets each inject route's token provider.
@@ -68,6 +71,15 @@ impl Generation {
                     .map(|p| p.client_not_after.clone())
                     .unwrap_or_default(),
                 tokens,
+                token_warnings: previous.map_or_else(
+                    || {
+                        Arc::new(crate::accept::RateLimit::new(
+                            crate::upstream::WARNINGS_PER_WINDOW,
+                            crate::upstream::WARNING_WINDOW,
+                        ))
+                    },
+                    |p| p.token_warnings.clone(),
+                ),
             };
             routes.insert(r.path.clone(), Arc::new(state));
         }

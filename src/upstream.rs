@@ -40,6 +40,7 @@ use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_core::ErrorType;
 use tokio::io::AsyncReadExt;
 
+use crate::accept::RateLimit;
 use crate::config::{Limits, Route};
 use crate::reject::Failure;
 use crate::soap::{self, Answer};
@@ -96,7 +97,16 @@ pub struct Receivers {
     distrusted: RwLock<HashSet<u64>>,
     /// Resolved receiver addresses by (host, port), with when they were resolved.
     dns: RwLock<HashMap<(String, u16), Resolved>>,
+    /// Per route: how many failure warnings may be logged (a receiver that is down fails
+    /// every message and every retry of a queued one).
+    warnings: std::sync::Mutex<HashMap<String, Arc<RateLimit>>>,
 }
+
+/// Failure warnings logged per route per window; the rest are summarised when the next
+/// window opens (every failure is still counted in the metrics and the audit trail).
+pub const WARNINGS_PER_WINDOW: u64 = 10;
+/// The window of [`WARNINGS_PER_WINDOW`].
+pub const WARNING_WINDOW: Duration = Duration::from_secs(60);
 
 impl Receivers {
     pub fn new(limits: &Limits, connect_timeout: Duration) -> Self {
@@ -109,7 +119,24 @@ impl Receivers {
             max_response: limits.max_response_bytes,
             distrusted: RwLock::new(HashSet::new()),
             dns: RwLock::new(HashMap::new()),
+            warnings: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a failure warning for `route` may be logged now; says how many were held back
+    /// when a new window opens.
+    fn may_warn(&self, route: &str) -> bool {
+        let limit = {
+            let mut map = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(route.to_string())
+                .or_insert_with(|| Arc::new(RateLimit::new(WARNINGS_PER_WINDOW, WARNING_WINDOW)))
+                .clone()
+        };
+        let (log, suppressed) = limit.admit(Instant::now());
+        if suppressed > 0 {
+            tracing::warn!(route, suppressed, "receiver failures not logged in the last minute (each is counted in the metrics and the audit trail)");
+        }
+        log
     }
 
     /// Deliver one message within the route's deadline. `Ok` means the receiver's verified
@@ -156,7 +183,9 @@ impl Receivers {
             .await
             .map_err(Connect)?;
         let request = self.request(d, keepalive).map_err(Sent)?;
-        send(&mut stream, &request, d.route).await.map_err(Sent)?;
+        self.send(&mut stream, &request, d.route)
+            .await
+            .map_err(Sent)?;
         let mut s = HttpSession::new_with_options(stream, &peer);
         s.read_timeout = Some(d.route.upstream_timeout);
         s.write_timeout = Some(d.route.upstream_timeout);
@@ -188,7 +217,9 @@ impl Receivers {
             .map(|it| it.collect())
             .unwrap_or_default();
         if addrs.is_empty() {
-            tracing::warn!(route = %route.name, host = %up.host, "receiver host does not resolve");
+            if self.may_warn(&route.name) {
+                tracing::warn!(route = %route.name, host = %up.host, "receiver host does not resolve");
+            }
             return Err(Failure::UpstreamUnreachable);
         }
         let addrs = Arc::new(addrs);
@@ -207,7 +238,9 @@ impl Receivers {
         report: &mut Report,
     ) -> Result<Stream, Failure> {
         let unreachable = |e: Box<pingora_core::Error>| {
-            tracing::warn!(route = %d.route.name, error = %e, "receiver unreachable");
+            if self.may_warn(&d.route.name) {
+                tracing::warn!(route = %d.route.name, error = %e, "receiver unreachable");
+            }
             Failure::UpstreamUnreachable
         };
         if keepalive {
@@ -231,6 +264,32 @@ impl Receivers {
             }
         }
         self.transport.new_stream(peer).await.map_err(unreachable)
+    }
+
+    /// Write a whole request on the connection and flush it, within the route's deadline.
+    async fn send(
+        &self,
+        stream: &mut Stream,
+        request: &[u8],
+        route: &Route,
+    ) -> Result<(), Failure> {
+        use tokio::io::AsyncWriteExt;
+        let write = async {
+            stream.write_all(request).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(route.upstream_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                if self.may_warn(&route.name) {
+                    tracing::warn!(route = %route.name, error = %e, "sending to the receiver failed");
+                }
+                Err(Failure::UpstreamUnreachable)
+            }
+            Err(_) => Err(Failure::UpstreamTimeout(
+                route.upstream_timeout.as_secs().max(1),
+            )),
+        }
     }
 
     fn peer(&self, route: &Route, addr: SocketAddr) -> HttpPeer {
@@ -316,7 +375,9 @@ impl Receivers {
         let limit = d.route.upstream_timeout;
         let failed = |what: &'static str| {
             move |e: Box<pingora_core::Error>| {
-                tracing::warn!(route = %name, error = %e, "{what}");
+                if self.may_warn(name) {
+                    tracing::warn!(route = %name, error = %e, "{what}");
+                }
                 // The session's own read and write deadlines equal the route's, so either
                 // timer may fire first: both are the receiver being too slow.
                 match e.etype() {
@@ -372,7 +433,9 @@ impl Receivers {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(route = %name, error = %e, "the receiver's answer was cut short");
+                    if self.may_warn(name) {
+                        tracing::warn!(route = %name, error = %e, "the receiver's answer was cut short");
+                    }
                     return Err(Failure::UpstreamBadAnswer("the answer was cut short"));
                 }
             }
@@ -437,25 +500,6 @@ fn explain(label: &'static str) -> &'static str {
 
 /// Shared so every connection task can reach it.
 pub type SharedReceivers = Arc<Receivers>;
-
-/// Write a whole request on the connection and flush it, within the route's deadline.
-async fn send(stream: &mut Stream, request: &[u8], route: &Route) -> Result<(), Failure> {
-    use tokio::io::AsyncWriteExt;
-    let write = async {
-        stream.write_all(request).await?;
-        stream.flush().await
-    };
-    match tokio::time::timeout(route.upstream_timeout, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::warn!(route = %route.name, error = %e, "sending to the receiver failed");
-            Err(Failure::UpstreamUnreachable)
-        }
-        Err(_) => Err(Failure::UpstreamTimeout(
-            route.upstream_timeout.as_secs().max(1),
-        )),
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -112,9 +112,13 @@ async fn an_outage_of_the_receiver_loses_nothing_and_delivers_each_message_once(
         assert_eq!(r.ack(), Some(true));
     }
     assert_eq!(decisions(&p, "queued").len(), 10);
-    // Attempts fail while the receiver is down, and are retried.
-    eventually("failed attempts", Duration::from_secs(10), || {
-        p.audit_lines().iter().any(|l| l["decision"] == "retried")
+    // Attempts fail while the receiver is down, and are retried: at least 15 of them.
+    eventually("failed attempts", Duration::from_secs(15), || {
+        p.audit_lines()
+            .iter()
+            .filter(|l| l["decision"] == "retried")
+            .count()
+            >= 15
     })
     .await;
 
@@ -153,6 +157,16 @@ async fn an_outage_of_the_receiver_loses_nothing_and_delivers_each_message_once(
             "obmguard_deliveries_total{outcome=\"delivered\",route=\"q\"}"
         ),
         10.0
+    );
+    // Every failed attempt is counted; the log holds at most 10 of them a minute per route.
+    let failed = metric(
+        &m,
+        "obmguard_deliveries_total{outcome=\"upstream_error\",route=\"q\"}",
+    );
+    let logged = p.logs().matches("receiver unreachable").count();
+    assert!(
+        (1..=10).contains(&logged) && failed > logged as f64,
+        "{logged} warnings logged for {failed} failures"
     );
     assert!(
         metric(
