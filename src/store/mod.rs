@@ -384,22 +384,11 @@ pub trait Store: Send + Sync {
         at: SystemTime,
     ) -> Result<(), StoreError>;
 
-    /// The route's next due message (queued and due, or delivering with an expired lease),
-    /// leased to `worker` until `now + lease`; `None` if nothing is due or `concurrency`
-    /// unexpired leases are already out on the route. `worker` names the lease's holder: it
-    /// must be unique among every worker using the store (across instances, for a shared
-    /// store), since `retry_later` and `dead` check the lease by that name.
-    async fn claim(
-        &self,
-        route: &str,
-        worker: &str,
-        lease: Duration,
-        concurrency: usize,
-        now: SystemTime,
-    ) -> Result<Option<Claimed>, StoreError>;
-
-    /// As [`Store::claim`], up to `max` messages in one transaction (never more than the
-    /// route's `concurrency` leases out in all). The default claims one at a time.
+    /// The route's due messages (queued and due, or delivering with an expired lease), at
+    /// most `max`, oldest due first, each leased to `worker` until `now + lease`, in one
+    /// transaction; never more than `concurrency` unexpired leases out on the route in all.
+    /// Empty if nothing is due or the route is at its concurrency. Worker names must be unique
+    /// across every process sharing the store (the lease belongs to the name).
     async fn claim_batch(
         &self,
         route: &str,
@@ -408,15 +397,21 @@ pub trait Store: Send + Sync {
         concurrency: usize,
         max: usize,
         now: SystemTime,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            match self.claim(route, worker, lease, concurrency, now).await? {
-                Some(c) => out.push(c),
-                None => break,
-            }
-        }
-        Ok(out)
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// As [`Store::claim_batch`], one message.
+    async fn claim(
+        &self,
+        route: &str,
+        worker: &str,
+        lease: Duration,
+        concurrency: usize,
+        now: SystemTime,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let mut one = self
+            .claim_batch(route, worker, lease, concurrency, 1, now)
+            .await?;
+        Ok(one.pop())
     }
 
     /// Leases held by workers whose id starts with `owner_prefix` end now: their messages are

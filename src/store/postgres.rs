@@ -607,20 +607,6 @@ impl Store for PgStore {
         })
     }
 
-    async fn claim(
-        &self,
-        route: &str,
-        worker: &str,
-        lease: Duration,
-        concurrency: usize,
-        now: SystemTime,
-    ) -> Result<Option<Claimed>, StoreError> {
-        let mut one = self
-            .claim_batch(route, worker, lease, concurrency, 1, now)
-            .await?;
-        Ok(one.pop())
-    }
-
     async fn claim_batch(
         &self,
         route: &str,

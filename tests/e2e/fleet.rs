@@ -8,35 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
+use crate::queue::{deliveries_of, eventually, msg};
 use obmguard_testkit::client::{post_once, TlsClientConfig};
-use obmguard_testkit::messages::{notification_id, Sample};
 use obmguard_testkit::postgres::TestPostgres;
 use obmguard_testkit::receiver::{Behaviour, Receiver};
-
-/// Message `k`: one notification with its own id.
-fn msg(k: usize) -> Vec<u8> {
-    Sample {
-        first_notification: k,
-        ..Sample::default()
-    }
-    .body()
-}
-
-fn deliveries_of(recv: &Receiver, k: usize) -> usize {
-    let id = notification_id(k);
-    recv.requests()
-        .iter()
-        .filter(|r| String::from_utf8_lossy(&r.body).contains(&id))
-        .count()
-}
-
-async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The fleet's configuration: queued route `q` (and direct route `d`) to `upstream`, the
 /// store in PostgreSQL (its URL in a file, as a secret). A delivery's lease is the receiver's

@@ -32,7 +32,7 @@ fn with_store(w: &World, s: Setup, store_extra: &str) -> Setup {
 }
 
 /// Message `k`: one notification with its own id, carrying a session id.
-fn msg(k: usize) -> Vec<u8> {
+pub(crate) fn msg(k: usize) -> Vec<u8> {
     Sample {
         first_notification: k,
         ..Sample::default()
@@ -40,7 +40,7 @@ fn msg(k: usize) -> Vec<u8> {
     .body()
 }
 
-async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ok() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -49,7 +49,7 @@ async fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 /// How many requests the receiver got carrying notification `k`.
-fn deliveries_of(recv: &Receiver, k: usize) -> usize {
+pub(crate) fn deliveries_of(recv: &Receiver, k: usize) -> usize {
     let id = notification_id(k);
     recv.requests()
         .iter()
