@@ -63,6 +63,21 @@ pub fn run(cmd: Command) -> i32 {
     }
 }
 
+/// A runtime for a command that talks to a network service or the store (`None`, after
+/// saying why, if one cannot be made).
+fn command_runtime(command: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("obmguard {command}: cannot start a runtime: {e}");
+            None
+        }
+    }
+}
+
 /// `obmguard store migrate`: the schema of the store `[store]` names, up to date.
 fn store_migrate(config: &Path) -> i32 {
     use crate::config::StoreEngine;
@@ -134,15 +149,8 @@ fn queue(op: crate::cli::QueueOp) -> i32 {
             return 2;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("obmguard queue: {e}");
-            return 2;
-        }
+    let Some(runtime) = command_runtime("queue") else {
+        return 2;
     };
     let store = store.as_ref();
     let result: Result<String, queue_ops::OpError> = runtime.block_on(async {
@@ -467,15 +475,8 @@ fn token(path: &Path, route: &str) -> i32 {
         eprintln!("obmguard token: route {route} has no [oauth] table");
         return 2;
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("obmguard token: {e}");
-            return 2;
-        }
+    let Some(runtime) = command_runtime("token") else {
+        return 2;
     };
     let broker = crate::token::TokenBroker::new(Arc::new(|_, _| {}));
     let source = broker.source(&oauth.settings);

@@ -351,3 +351,68 @@ async fn a_rolling_restart_behind_haproxy_fails_no_request_and_loses_no_message(
         .collect();
     assert_eq!(clients, HashSet::from(["127.0.0.2".to_string()]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_and_an_instance_killed_mid_traffic_lose_no_acked_message() {
+    let Some(mut pg) = TestPostgres::start().await else {
+        return;
+    };
+    if !pg.can_restart() {
+        eprintln!("SKIPPED: OBMGUARD_TEST_POSTGRES_URL names a server this test cannot kill");
+        return;
+    }
+    let db = pg.fresh_database().await;
+    let w = World::new();
+    // The receiver is down while messages stream in: everything acked waits in PostgreSQL.
+    let port = free_port();
+    let s = fleet_setup(&w, &db, &format!("http://127.0.0.1:{port}/soap"));
+    let a = instance(&w, &s, "a").await;
+    let b = instance(&w, &s, "b").await;
+    let client = w.salesforce();
+    let mut senders = Vec::new();
+    for (t, addr) in [(0usize, a.addr), (1, b.addr)] {
+        let client = client.clone();
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..60usize {
+                let k = 5000 + t * 1000 + i;
+                match post_once(addr, &client, "/q", &msg(k)).await {
+                    Ok(r) if r.status == 200 && r.ack() == Some(true) => acked.push(k),
+                    Ok(r) => assert_eq!(r.status, 503, "an Ack or a retryable refusal only"),
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        }));
+    }
+    eventually("some acks", Duration::from_secs(20), || {
+        decisions(&a, "queued") + decisions(&b, "queued") >= 20
+    })
+    .await;
+    // kill -9 the database (and its backends) while both instances take messages, then
+    // instance A too.
+    pg.crash().await;
+    a.signal("KILL");
+    let mut acked = Vec::new();
+    for s in senders {
+        acked.extend(s.await.unwrap());
+    }
+    assert!(
+        acked.len() >= 20 && acked.len() < 120,
+        "{} acked",
+        acked.len()
+    );
+    pg.restart().await;
+    let recv = Receiver::start_on(format!("127.0.0.1:{port}").parse().unwrap(), Behaviour::Ack)
+        .await
+        .unwrap();
+    // B alone delivers everything the fleet acked, A's included.
+    eventually(
+        "every acked message delivered",
+        Duration::from_secs(30),
+        || acked.iter().all(|k| deliveries_of(&recv, *k) >= 1),
+    )
+    .await;
+    drop(b);
+}

@@ -160,6 +160,27 @@ impl TestPostgres {
         local.wait_ready(&admin_url).await;
     }
 
+    /// Kill the server and every backend process with `SIGKILL`, as a crash of the machine's
+    /// database would: no shutdown checkpoint. [`restart`](Self::restart) then recovers it
+    /// from its WAL. Waits until the processes are gone.
+    pub async fn crash(&mut self) {
+        self.signal_all("-KILL");
+        let Kind::Local(local) = &mut self.kind else {
+            unreachable!("signal_all refuses a server named by the variable");
+        };
+        if let Some(mut child) = local.child.take() {
+            let started = Instant::now();
+            while !matches!(child.try_wait(), Ok(Some(_))) {
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
     /// Stop (`SIGSTOP`) the server and every backend process: it keeps its connections open
     /// and answers nothing, like a hung machine. [`thaw`](Self::thaw) resumes it.
     pub fn freeze(&self) {
