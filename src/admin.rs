@@ -233,7 +233,10 @@ impl ServeHttp for Admin {
             ("GET", "/healthz") => reply(200, "text/plain", "ok\n"),
             ("GET", "/readyz") if self.rt.is_ready() => reply(200, "text/plain", "ready\n"),
             ("GET", "/readyz") => reply(503, "text/plain", "not ready\n"),
-            ("GET", "/metrics") => reply(200, prometheus::TEXT_FORMAT, self.rt.metrics.render()),
+            ("GET", "/metrics") => {
+                self.rt.metrics.outside(self.rt.outside_figures());
+                reply(200, prometheus::TEXT_FORMAT, self.rt.metrics.render())
+            }
             ("GET", "/report") => self.report().await,
             (_, p) if p == "/queue" || p.starts_with("/queue/") => self.queue(s).await,
             _ => reply(

@@ -5,11 +5,14 @@
 //! types, certificate fingerprint and subject) and whether a session id was present, never
 //! its value, a token, or any field value of the notification.
 //!
-//! Failure policy: an audit write that fails is logged at error level here and counted by
-//! the caller (which owns [`crate::metrics::Metrics`]); the message is still answered
-//! truthfully. We fail open for the audit trail because refusing would make Salesforce retry a
+//! Failure policy: a record that cannot be written (a full buffer, a failed write) is counted
+//! (`obmguard_audit_write_failures_total`) and reported at error level; the message is still
+//! answered truthfully. We fail open for the audit trail because refusing would make Salesforce retry a
 //! message the receiver already accepted, and duplicate deliveries hurt operators more than a
 //! gap in an audit file that is reported loudly.
+//!
+//! Records are written by the sink's own thread, in batches, within milliseconds; what a
+//! crash can lose is described in [`crate::sink`] and the README's audit section.
 //!
 //! Deliberately not done: no reopen on SIGHUP or reload. The file is opened in append mode,
 //! so rotation with `copytruncate` works; rotation by rename needs a restart.
@@ -17,11 +20,14 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::accept::RateLimit;
+use crate::sink::Sink;
 
 /// What the message's `SessionId` element held (as received, before any rewrite).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,7 +103,7 @@ pub struct AuditRecord {
     pub attempt: Option<u32>,
 }
 
-/// Opening or writing the audit file failed.
+/// Opening the audit file failed, or a record was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The configured audit file cannot be opened.
@@ -108,24 +114,28 @@ pub enum AuditError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A record could not be written (disk full, file removed, ...).
-    #[error("cannot write audit record: {0}; check free space and the audit file's permissions")]
-    Write(#[source] std::io::Error),
+    /// The record was dropped: more than the sink's capacity was waiting for the disk.
+    #[error("audit record dropped: the audit file is not keeping up (a stalled or full disk); check free space and the disk's health")]
+    Dropped,
     /// A record could not be serialized (a bug: every field is serializable).
     #[error("cannot serialize audit record (a bug in obmguard, please report it): {0}")]
     Serialize(#[from] serde_json::Error),
 }
 
-/// The audit sink: stdout or a file in append mode; lines never interleave.
+/// The audit sink: stdout or a file in append mode, written by its own thread
+/// ([`crate::sink`]); lines never interleave.
 pub struct AuditLog {
-    sink: Mutex<Box<dyn Write + Send>>,
+    sink: Sink,
+    /// Records that never reached the queue (serialization; a bug), counted with the rest.
+    unqueued: AtomicU64,
+    report: RateLimit,
 }
 
 impl AuditLog {
     /// Open the sink named in the config: `-` for stdout, else a path (created if missing,
     /// mode 0640, appended to).
     pub fn open(spec: &str) -> Result<AuditLog, AuditError> {
-        let sink: Box<dyn Write + Send> = if spec == "-" {
+        let out: Box<dyn Write + Send> = if spec == "-" {
             Box::new(std::io::stdout())
         } else {
             let mut opts = OpenOptions::new();
@@ -137,28 +147,56 @@ impl AuditLog {
                 source,
             })?)
         };
-        Ok(AuditLog {
-            sink: Mutex::new(sink),
-        })
+        Ok(AuditLog::on(Sink::new(
+            "audit trail",
+            out,
+            crate::sink::DEFAULT_CAPACITY,
+        )))
     }
 
-    /// Append `rec` as one line and flush. On error, logs at error level and returns it; the
-    /// caller counts it ([`crate::metrics::Metrics::audit_write_failure`]) and carries on.
+    fn on(sink: Sink) -> AuditLog {
+        AuditLog {
+            sink,
+            unqueued: AtomicU64::new(0),
+            report: RateLimit::new(1, std::time::Duration::from_secs(60)),
+        }
+    }
+
+    /// Queue `rec` as one line for the writer. A record that cannot be queued is counted
+    /// ([`AuditLog::lost`]) and logged at error level (at most once a minute), and the caller
+    /// carries on: the message's answer does not depend on its audit line.
     pub fn write(&self, rec: &AuditRecord) -> Result<(), AuditError> {
-        let result = self.write_line(rec);
+        let result = self.queue(rec);
         if let Err(e) = &result {
-            tracing::error!(error = %e, request_id = %rec.request_id, "audit record lost");
+            if matches!(e, AuditError::Serialize(_)) {
+                self.unqueued.fetch_add(1, Ordering::Relaxed);
+            }
+            let (log, suppressed) = self.report.admit(std::time::Instant::now());
+            if log {
+                tracing::error!(error = %e, request_id = %rec.request_id, suppressed, "audit record lost");
+            }
         }
         result
     }
 
-    fn write_line(&self, rec: &AuditRecord) -> Result<(), AuditError> {
+    fn queue(&self, rec: &AuditRecord) -> Result<(), AuditError> {
         let mut line = serde_json::to_vec(rec)?;
         line.push(b'\n');
-        // A panic elsewhere while holding the lock does not make the sink unusable.
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        sink.write_all(&line).map_err(AuditError::Write)?;
-        sink.flush().map_err(AuditError::Write)
+        if self.sink.push(&line) {
+            Ok(())
+        } else {
+            Err(AuditError::Dropped)
+        }
+    }
+
+    /// Records lost so far: dropped, carried by a failed write, or not serializable.
+    pub fn lost(&self) -> u64 {
+        self.sink.dropped() + self.sink.failed() + self.unqueued.load(Ordering::Relaxed)
+    }
+
+    /// Write every queued record now (at a clean stop).
+    pub fn flush(&self) {
+        self.sink.flush();
     }
 }
 
@@ -223,9 +261,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let spec = path.to_str().unwrap();
-        AuditLog::open(spec).unwrap().write(&record("r1")).unwrap();
+        let first = AuditLog::open(spec).unwrap();
+        first.write(&record("r1")).unwrap();
+        first.flush();
         // A second open appends rather than truncating.
-        AuditLog::open(spec).unwrap().write(&record("r2")).unwrap();
+        let second = AuditLog::open(spec).unwrap();
+        second.write(&record("r2")).unwrap();
+        second.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -271,6 +313,7 @@ mod tests {
                 });
             }
         });
+        log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
         let mut n = 0;
         for line in text.lines() {
@@ -281,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn write_failure_is_returned_to_the_caller() {
+    fn failed_and_dropped_records_are_counted_as_lost() {
         struct Full;
         impl Write for Full {
             fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
@@ -291,12 +334,13 @@ mod tests {
                 Ok(())
             }
         }
-        let log = AuditLog {
-            sink: Mutex::new(Box::new(Full)),
-        };
-        assert!(matches!(
-            log.write(&record("r1")),
-            Err(AuditError::Write(_))
-        ));
+        let log = AuditLog::on(Sink::new("test", Box::new(Full), 4096));
+        log.write(&record("r1")).unwrap();
+        log.write(&record("r2")).unwrap();
+        log.flush();
+        assert_eq!(log.lost(), 2, "both records were in failed writes");
+        let huge = record(&"x".repeat(5000));
+        assert!(matches!(log.write(&huge), Err(AuditError::Dropped)));
+        assert_eq!(log.lost(), 3);
     }
 }

@@ -19,17 +19,33 @@ use crate::proxy::Listener;
 use crate::reload::Reloader;
 use crate::runtime::Runtime;
 
-/// tracing to stderr, text or JSON, filtered by RUST_LOG (default `info`).
+/// tracing to stderr, text or JSON, filtered by RUST_LOG (default `info`). Lines go through
+/// a [`crate::sink::Sink`]: the request path never waits on stderr. Colour only on a terminal.
 pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    let sink = crate::sink::set_log(crate::sink::Sink::new(
+        "log",
+        Box::new(std::io::stderr()),
+        crate::sink::DEFAULT_CAPACITY,
+    ));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(sink.clone());
     let _ = match format {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().flatten_event(true).try_init(),
     };
+}
+
+/// Write every queued log line (before the process exits).
+pub fn finish_logging() {
+    if let Some(s) = crate::sink::log() {
+        s.flush();
+    }
 }
 
 /// Run one subcommand; returns the process exit code.
@@ -457,9 +473,10 @@ pub fn serve(args: ServeArgs) -> i32 {
         "obmguard serving: {summary}"
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(DrainOnSignal { rt }),
+        shutdown_signal: Box::new(DrainOnSignal { rt: rt.clone() }),
     });
     tracing::info!("obmguard stopped");
+    rt.audit.flush();
     0
 }
 

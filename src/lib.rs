@@ -32,6 +32,7 @@ pub mod report;
 pub mod runtime;
 pub mod secret;
 pub mod sfid;
+pub mod sink;
 pub mod soap;
 pub mod store;
 pub mod tls;

@@ -11,5 +11,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() {
     let cli = obmguard::cli::Cli::parse();
     obmguard::commands::init_logging(cli.log_format);
-    std::process::exit(obmguard::commands::run(cli.command));
+    let code = obmguard::commands::run(cli.command);
+    obmguard::commands::finish_logging();
+    std::process::exit(code);
 }

@@ -78,8 +78,13 @@ pub const POLICY_RELOADS_TOTAL: &str = "obmguard_policy_reloads_total";
 pub const POLICY_GENERATION: &str = "obmguard_policy_generation";
 /// Gauge: routes in the policy in force.
 pub const ROUTES_LOADED: &str = "obmguard_routes_loaded";
-/// Counter: audit records that could not be written.
+/// Counter: audit records lost: dropped because the writer did not keep up, or carried by a
+/// write that failed.
 pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "obmguard_audit_write_failures_total";
+/// Counter: log lines dropped because the writer did not keep up (stderr stalled).
+pub const LOG_LINES_DROPPED_TOTAL: &str = "obmguard_log_lines_dropped_total";
+/// Gauge: idle receiver connections kept for reuse (routes with `upstream_keepalive`).
+pub const UPSTREAM_IDLE_CONNECTIONS: &str = "obmguard_upstream_idle_connections";
 // --- Salesforce's ranges (@salesforce) ---
 /// Gauge `{source}`: Unix time of the date the `@salesforce` ranges in force are current as
 /// of (oldest `source_date`, else `createDate`); `source` is `builtin`, `file` or `refreshed`.
@@ -270,6 +275,8 @@ pub struct Metrics {
     policy_generation: IntGauge,
     routes_loaded: IntGauge,
     audit_write_failures: IntCounter,
+    log_lines_dropped: IntCounter,
+    upstream_idle: IntGauge,
     queue_messages: IntGaugeVec,
     queue_oldest: IntGaugeVec,
     deliveries: IntCounterVec,
@@ -382,6 +389,25 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// Figures counted outside the registry (by the line sinks and the receiver pool).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outside {
+    /// Audit records lost so far ([`crate::audit::AuditLog::lost`]).
+    pub audit_lost: u64,
+    /// Log lines dropped so far ([`crate::sink::Sink::dropped`]).
+    pub log_dropped: u64,
+    /// Idle receiver connections now.
+    pub upstream_idle: usize,
+}
+
+/// Raise `c` to `total` (a counter kept elsewhere; it only grows).
+fn catch_up(c: &IntCounter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
 impl Metrics {
     /// Create and register every family in a fresh registry.
     pub fn new() -> Result<Metrics, MetricsError> {
@@ -409,9 +435,19 @@ impl Metrics {
         registry.register(Box::new(routes_loaded.clone()))?;
         let audit_write_failures = IntCounter::new(
             AUDIT_WRITE_FAILURES_TOTAL,
-            "Audit records that could not be written.",
+            "Audit records lost: dropped because the writer did not keep up, or in a failed write.",
         )?;
         registry.register(Box::new(audit_write_failures.clone()))?;
+        let log_lines_dropped = IntCounter::new(
+            LOG_LINES_DROPPED_TOTAL,
+            "Log lines dropped because the writer did not keep up.",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
+        let upstream_idle = IntGauge::new(
+            UPSTREAM_IDLE_CONNECTIONS,
+            "Idle receiver connections kept for reuse.",
+        )?;
+        registry.register(Box::new(upstream_idle.clone()))?;
         gauge(BUILD_INFO, "Build information; always 1.", &["version"])?
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -555,6 +591,8 @@ impl Metrics {
             policy_generation,
             routes_loaded,
             audit_write_failures,
+            log_lines_dropped,
+            upstream_idle,
             registry,
         })
     }
@@ -779,9 +817,12 @@ impl Metrics {
         self.ranges_refreshes.with_label_values(&[outcome]).inc();
     }
 
-    /// An audit record could not be written.
-    pub fn audit_write_failure(&self) {
-        self.audit_write_failures.inc();
+    /// Figures kept by other parts of the process, copied in before a scrape.
+    pub fn outside(&self, f: Outside) {
+        catch_up(&self.audit_write_failures, f.audit_lost);
+        catch_up(&self.log_lines_dropped, f.log_dropped);
+        self.upstream_idle
+            .set(i64::try_from(f.upstream_idle).unwrap_or(i64::MAX));
     }
 
     /// Every metric in the Prometheus text exposition format ([`prometheus::TEXT_FORMAT`]).
@@ -855,8 +896,29 @@ mod tests {
         m.timeout(stage::UPSTREAM);
         m.route("orders").session_id(session_action::STRIPPED);
         m.policy_reload("ok");
-        m.audit_write_failure();
+        m.outside(Outside {
+            audit_lost: 3,
+            log_dropped: 2,
+            upstream_idle: 4,
+        });
+        m.outside(Outside {
+            audit_lost: 1,
+            ..Outside::default()
+        });
         let text = m.render();
+        assert_eq!(
+            line_value(&text, "obmguard_audit_write_failures_total"),
+            Some(3.0),
+            "never backwards"
+        );
+        assert_eq!(
+            line_value(&text, "obmguard_log_lines_dropped_total"),
+            Some(2.0)
+        );
+        assert_eq!(
+            line_value(&text, "obmguard_upstream_idle_connections"),
+            Some(0.0)
+        );
         assert_eq!(
             line_value(
                 &text,

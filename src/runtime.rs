@@ -315,6 +315,15 @@ impl Runtime {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Figures the metrics copy in before a scrape.
+    pub fn outside_figures(&self) -> crate::metrics::Outside {
+        crate::metrics::Outside {
+            audit_lost: self.audit.lost(),
+            log_dropped: crate::sink::log().map_or(0, |s| s.dropped()),
+            upstream_idle: self.receivers.idle_connections(),
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.is_draining()
     }

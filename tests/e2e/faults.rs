@@ -244,7 +244,15 @@ async fn an_unwritable_audit_file_is_reported_loudly_and_messages_still_get_thei
         r.status, 200,
         "fail open for the audit trail: the receiver accepted the message"
     );
-    let m = p.metrics().await;
+    // The writer thread fails a moment after the answer.
+    let mut m = p.metrics().await;
+    for _ in 0..100 {
+        if metric(&m, "obmguard_audit_write_failures_total") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = p.metrics().await;
+    }
     assert_eq!(
         metric(&m, "obmguard_audit_write_failures_total"),
         1.0,

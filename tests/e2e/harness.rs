@@ -291,9 +291,35 @@ impl Proxy {
         Connection::connect(self.addr, client).await
     }
 
-    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+    /// The audit file once obmguard's writer thread has caught up: it writes within
+    /// milliseconds of an answer, so the file is taken when it ends with a whole line and has
+    /// not changed for 100 ms (or as it is after 5 s).
+    pub fn audit_text(&self) -> String {
+        let read = || std::fs::read_to_string(&self.audit).unwrap_or_default();
+        let start = Instant::now();
+        let mut last = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = read();
+            let whole = now.is_empty() || now.ends_with('\n');
+            if (now == last && whole) || start.elapsed() > Duration::from_secs(5) {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    /// The audit lines written so far, without waiting (for polls that wait themselves).
+    pub fn audit_lines_now(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        self.audit_text()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()

@@ -103,7 +103,7 @@ async fn inject_replaces_the_session_id_with_a_fresh_token_and_rewrites_urls() {
         "{m}"
     );
     // Neither the token nor the client secret reaches logs, metrics or the audit trail.
-    let audit = std::fs::read_to_string(&e.p.audit).unwrap();
+    let audit = e.p.audit_text();
     for (place, text) in [("logs", e.p.logs()), ("metrics", m), ("audit", audit)] {
         assert!(!text.contains(&token), "token found in {place}");
         assert!(!text.contains(SECRET), "client secret found in {place}");

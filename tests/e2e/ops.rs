@@ -124,7 +124,7 @@ async fn metrics_and_audit_follow_a_scripted_set_of_requests() {
     assert_eq!(lines[0]["sobject_types"][0], "Account");
     assert_eq!(lines[4]["reason"], "organization");
     assert_eq!(lines[6]["decision"], "nacked");
-    let raw = std::fs::read_to_string(&p.audit).unwrap();
+    let raw = p.audit_text();
     assert!(
         !raw.contains(SECRET_PART) && !raw.contains("Acme Ltd"),
         "no session id and no field value in the audit trail"

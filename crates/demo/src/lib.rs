@@ -23,11 +23,13 @@ use cli::{Cli, Command};
 pub fn main() -> i32 {
     let cli = Cli::parse();
     obmguard::commands::init_logging(cli.log_format);
-    match cli.into_command() {
+    let code = match cli.into_command() {
         Command::Demo(args) => demo::run(args.keep_running),
         Command::SampleReceiver { listen } => sample_receiver::run(listen),
         Command::RunProxy(args) => obmguard::commands::serve(args),
-    }
+    };
+    obmguard::commands::finish_logging();
+    code
 }
 
 fn runtime(command: &str) -> Option<tokio::runtime::Runtime> {

@@ -8,10 +8,8 @@
 //! for a timeout), so Salesforce retries: a false Ack would lose the message for good.
 //!
 //! Keep-alive and false Acks. On a reused connection an answer can only be attributed to our
-//! request if nothing else is waiting on it. pingora's pool drops a connection that shows data
-//! while it idles, but a request can pick a connection up before that watcher has run, so
-//! every pooled connection is tested again here, without blocking, just before the request
-//! is written: a connection holding any byte (an unsolicited second answer, or the start of
+//! request if nothing else is waiting on it. Every pooled connection ([`pool`]) is tested
+//! without blocking just before the request is written: a connection holding any byte (an unsolicited second answer, or the start of
 //! one) or already closed is dropped, counted, and that receiver gets no more reused
 //! connections from this process (a receiver that answered twice once may do so again). What
 //! remains is a receiver that sends an unsolicited answer *after* we wrote the next request on
@@ -25,6 +23,8 @@
 //! one delivery). Informational answers (`100 Continue`, `103 Early Hints`) are skipped as
 //! HTTP requires; `101` and a `Content-Encoding` we did not ask for are refused.
 //! Not done here: any store-and-forward.
+
+mod pool;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -89,6 +89,8 @@ use Attempt::{Connect, Sent};
 /// The pooled client for all receivers.
 pub struct Receivers {
     transport: TransportConnector,
+    /// Idle connections for routes with `upstream_keepalive`.
+    idle_pool: Arc<pool::IdlePool>,
     connect_timeout: Duration,
     idle: Duration,
     max_response: usize,
@@ -111,9 +113,10 @@ pub const WARNING_WINDOW: Duration = Duration::from_secs(60);
 impl Receivers {
     pub fn new(limits: &Limits, connect_timeout: Duration) -> Self {
         Receivers {
-            transport: TransportConnector::new(Some(ConnectorOptions::new(
-                limits.upstream_pool_size,
-            ))),
+            // pingora connects (TCP, TLS with the route's trust); obmguard keeps idle
+            // connections itself.
+            transport: TransportConnector::new(Some(ConnectorOptions::new(0))),
+            idle_pool: pool::IdlePool::new(limits.upstream_pool_size, limits.upstream_idle),
             connect_timeout,
             idle: limits.upstream_idle,
             max_response: limits.max_response_bytes,
@@ -121,6 +124,11 @@ impl Receivers {
             dns: RwLock::new(HashMap::new()),
             warnings: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Idle receiver connections kept for reuse now.
+    pub fn idle_connections(&self) -> usize {
+        self.idle_pool.len()
     }
 
     /// Whether a failure warning for `route` may be logged now; says how many were held back
@@ -193,7 +201,7 @@ impl Receivers {
         if verdict.is_ok() && keepalive {
             s.respect_keepalive();
             if let Some(stream) = s.reuse().await {
-                self.transport.release_stream(stream, key, Some(self.idle));
+                self.idle_pool.put(key, stream);
             }
         }
         verdict.map_err(Sent)
@@ -246,7 +254,7 @@ impl Receivers {
         if keepalive {
             // Bounded: each pass takes one connection out of the pool for good.
             for _ in 0..4 {
-                let Some(mut stream) = self.transport.reused_stream(peer).await else {
+                let Some(mut stream) = self.idle_pool.take(peer.reuse_hash()) else {
                     break;
                 };
                 match quiet(&mut stream) {
