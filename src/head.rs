@@ -11,12 +11,14 @@
 //! `idle_keepalive_ms`, but once a head starts it must finish in time.
 //!
 //! Between heads (while a body is read, or an answer written) the stream is passed through
-//! untouched; body reads are bounded by the intake stage.
+//! untouched; body reads are bounded by the intake stage. An idle keep-alive connection is
+//! waited on by the connection loop itself, one byte at a time, so that it holds no HTTP
+//! session; the byte it reads is handed back ([`HeadControl::hold`]) as the next head's first.
 //! Not here: parsing, or any decision about the request.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -46,7 +48,13 @@ pub struct HeadState {
     over_budget: AtomicBool,
     /// The deadline passed during the current head.
     timed_out: AtomicBool,
+    /// A byte read by the connection loop and handed back ([`HeldByte::hold`]): `HELD | byte`,
+    /// or 0.
+    held: AtomicU16,
 }
+
+/// Marks [`HeadState::held`] as holding a byte.
+const HELD: u16 = 0x100;
 
 /// The connection loop's handle on a [`HeadLimited`] stream.
 #[derive(Debug, Clone)]
@@ -63,6 +71,13 @@ impl HeadControl {
         s.over_budget.store(false, Ordering::Relaxed);
         s.timed_out.store(false, Ordering::Relaxed);
         s.epoch.fetch_add(1, Ordering::Release);
+    }
+
+    /// Give back `byte`, the first byte of the next request, read by the connection loop while
+    /// it waited on an idle connection: the stream's next read returns it first, and it counts
+    /// as the head's first byte.
+    pub fn hold(&self, byte: u8) {
+        self.0.held.store(HELD | u16::from(byte), Ordering::Release);
     }
 
     /// The head has been read: pass the stream through.
@@ -119,6 +134,16 @@ impl<S> HeadLimited<S> {
     }
 }
 
+impl<S> HeadLimited<S> {
+    /// Start the head deadline at its first byte (once per head).
+    fn arm_deadline(&mut self) {
+        if self.deadline.is_none() {
+            let ms = self.state.deadline_ms.load(Ordering::Relaxed);
+            self.deadline = Some(Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
+        }
+    }
+}
+
 impl<S: std::fmt::Debug> std::fmt::Debug for HeadLimited<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadLimited")
@@ -140,6 +165,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadLimited<S> {
             this.deadline = None;
         }
         let budget = this.state.budget.load(Ordering::Relaxed);
+        if buf.remaining() > 0 {
+            let held = this.state.held.swap(0, Ordering::Acquire);
+            if held & HELD != 0 {
+                if budget != UNLIMITED {
+                    if budget == 0 {
+                        this.state.over_budget.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "request head over its byte budget",
+                        )));
+                    }
+                    this.state.budget.store(budget - 1, Ordering::Relaxed);
+                    this.arm_deadline();
+                }
+                buf.put_slice(&[held as u8]);
+                return Poll::Ready(Ok(()));
+            }
+        }
         if budget == UNLIMITED {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
@@ -161,11 +204,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadLimited<S> {
                     this.state
                         .budget
                         .store(budget - got.len(), Ordering::Relaxed);
-                    if this.deadline.is_none() {
-                        let ms = this.state.deadline_ms.load(Ordering::Relaxed);
-                        this.deadline =
-                            Some(Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
-                    }
+                    this.arm_deadline();
                 }
                 buf.put_slice(got);
                 Poll::Ready(Ok(()))
@@ -308,5 +347,34 @@ mod tests {
         client.write_all(b"GET").await.unwrap();
         assert_eq!(s.read(&mut buf).await.unwrap(), 3);
         assert_eq!(control.cut_off(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_byte_comes_first_and_starts_the_head() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let (mut s, control) = HeadLimited::new(server);
+        client.write_all(b"POST /").await.unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(s.read(&mut one).await.unwrap(), 1);
+        control.hold(one[0]);
+        control.expect_head(3, Duration::from_millis(500));
+        let mut buf = [0u8; 64];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(&buf[..1], b"P");
+        assert_eq!(
+            s.read(&mut buf).await.unwrap(),
+            2,
+            "the budget counted the held byte"
+        );
+        assert_eq!(&buf[..2], b"OS");
+        assert!(s.read(&mut buf).await.is_err());
+        assert_eq!(control.cut_off(), Some(HeadCutOff::TooLarge));
+        // The deadline runs from the held byte.
+        control.hold(b'G');
+        control.expect_head(100, Duration::from_millis(500));
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        assert_eq!(s.read(&mut buf).await.unwrap(), 3, "{:?}", &buf[..3]);
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     }
 }

@@ -44,7 +44,7 @@ use crate::accept::{
     ConnectionCaps, Origin, RateLimit, SourceFilter, REFUSALS_LOGGED_PER_WINDOW,
     REFUSAL_LOG_WINDOW_SECS,
 };
-use crate::head::{HeadCutOff, HeadLimited};
+use crate::head::{HeadControl, HeadCutOff, HeadLimited};
 use crate::identity::PeerIdentity;
 use crate::metrics::stage;
 use crate::proxy_protocol::{self, HeaderError};
@@ -89,7 +89,11 @@ impl ServerApp for Listener {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.connection(stream, shutdown).await;
+        // A task of its own, sized for this connection's loop: pingora's per-connection task
+        // (about 9 KB, its accept and handshake state included) ends here instead of being
+        // held for the connection's life.
+        let (me, shutdown) = (self.clone(), shutdown.clone());
+        tokio::spawn(async move { me.connection(stream, &shutdown).await });
         None
     }
 }
@@ -100,6 +104,25 @@ struct Reply {
     body: Bytes,
     /// Close the connection after this reply (the request body may not have been read).
     close: bool,
+}
+
+/// What a connection keeps between its requests.
+struct Conn {
+    origin: Origin,
+    identity: Arc<PeerIdentity>,
+    head: HeadControl,
+    opened: std::time::Instant,
+}
+
+/// Wait for the first byte of the next request on an idle connection; `None` when the
+/// client closed it (or it broke).
+async fn first_byte(stream: &mut Stream) -> Option<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 1];
+    match stream.read(&mut b).await {
+        Ok(1) => Some(b[0]),
+        _ => None,
+    }
 }
 
 impl Listener {
@@ -185,82 +208,98 @@ impl Listener {
         };
         drop(in_force);
         let (tls, head) = HeadLimited::new(tls);
+        let conn = Conn {
+            origin,
+            identity,
+            head,
+            opened: std::time::Instant::now(),
+        };
         let mut stream: Stream = Box::new(tls);
         let mut persistent: Option<HttpPersistentSettings> = None;
-        let mut reused = false;
-        let opened = std::time::Instant::now();
         loop {
-            let gen = rt.current();
-            let t = &gen.config.timeouts;
-            let mut session = ServerSession::new_http1(stream);
-            if let Some(p) = persistent.take() {
-                p.apply_to_session(&mut session);
+            // Boxed: only a connection with a message in flight holds the HTTP session and
+            // the pipeline's state; an idle one holds its TLS stream and this loop.
+            let exchange = Box::pin(self.exchange(&conn, stream, persistent, shutdown));
+            let Some((s, p)) = exchange.await else { return };
+            (stream, persistent) = (s, p);
+            // Idle until the next request's first byte, with nothing allocated for it.
+            let t = rt.current().config.timeouts.clone();
+            match tokio::time::timeout(t.idle_keepalive, first_byte(&mut stream)).await {
+                Ok(Some(b)) => conn.head.hold(b),
+                Ok(None) | Err(_) => return,
             }
-            let stopping =
-                rt.is_draining() || *shutdown.borrow() || opened.elapsed() >= t.max_connection_age;
-            session.set_keepalive((!stopping).then_some(t.idle_keepalive.as_secs()));
-            // A kept-alive connection may idle before its next head; once a head starts, it
-            // has request_head from its first byte (enforced by `head`).
-            let wait = if reused {
-                t.idle_keepalive + t.request_head
-            } else {
-                t.request_head
-            };
-            head.expect_head(2 * gen.config.limits.max_header_bytes, t.request_head);
-            match tokio::time::timeout(wait, session.read_request()).await {
-                Ok(Ok(true)) => head.head_done(),
-                Ok(_) => {
-                    match head.cut_off() {
-                        Some(HeadCutOff::TooLarge) => {
-                            rt.metrics
-                                .rejection("-", Rejection::from(Refusal::HeadersTooLarge).reason());
-                        }
-                        Some(HeadCutOff::Deadline) => rt.metrics.timeout(stage::REQUEST_HEAD),
-                        None => {}
+        }
+    }
+
+    /// One request on a connection: read its head, run the pipeline, write the answer.
+    /// Returns the stream when the connection may carry another request.
+    async fn exchange(
+        &self,
+        conn: &Conn,
+        stream: Stream,
+        persistent: Option<HttpPersistentSettings>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, Option<HttpPersistentSettings>)> {
+        let rt = &self.rt;
+        let head = &conn.head;
+        let gen = rt.current();
+        let t = &gen.config.timeouts;
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(p) = persistent {
+            p.apply_to_session(&mut session);
+        }
+        let stopping =
+            rt.is_draining() || *shutdown.borrow() || conn.opened.elapsed() >= t.max_connection_age;
+        session.set_keepalive((!stopping).then_some(t.idle_keepalive.as_secs()));
+        // The head has request_head from its first byte (enforced by `head`); a kept-alive
+        // connection's first byte has already arrived.
+        head.expect_head(2 * gen.config.limits.max_header_bytes, t.request_head);
+        match tokio::time::timeout(t.request_head, session.read_request()).await {
+            Ok(Ok(true)) => head.head_done(),
+            Ok(_) => {
+                match head.cut_off() {
+                    Some(HeadCutOff::TooLarge) => {
+                        rt.metrics
+                            .rejection("-", Rejection::from(Refusal::HeadersTooLarge).reason());
                     }
-                    return;
+                    Some(HeadCutOff::Deadline) => rt.metrics.timeout(stage::REQUEST_HEAD),
+                    None => {}
                 }
-                Err(_) => {
-                    if !reused {
-                        rt.metrics.timeout(stage::REQUEST_HEAD);
-                    }
-                    return;
-                }
+                return None;
             }
-            // Boxed: an idle keep-alive connection then holds a small future, not the space the
-            // whole request pipeline (body, parse, token, upstream call) needs while it runs.
-            let reply = Box::pin(self.request(&gen, &origin, &identity, &mut session)).await;
-            if reply.close
-                || rt.is_draining()
-                || *shutdown.borrow()
-                || opened.elapsed() >= t.max_connection_age
-            {
-                session.set_keepalive(None);
+            Err(_) => {
+                rt.metrics.timeout(stage::REQUEST_HEAD);
+                return None;
             }
-            match tokio::time::timeout(t.response_write, write(&mut session, &reply)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    rt.metrics.timeout(stage::RESPONSE_WRITE);
-                    return;
-                }
+        }
+        let reply = self
+            .request(&gen, &conn.origin, &conn.identity, &mut session)
+            .await;
+        if reply.close
+            || rt.is_draining()
+            || *shutdown.borrow()
+            || conn.opened.elapsed() >= t.max_connection_age
+        {
+            session.set_keepalive(None);
+        }
+        match tokio::time::timeout(t.response_write, write(&mut session, &reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                rt.metrics.timeout(stage::RESPONSE_WRITE);
+                return None;
             }
-            if reply.close {
-                // Refused before its body was read: take in (and discard) what the client is
-                // still sending, for a bounded time, so closing does not reset the connection
-                // before the client has read our answer.
-                let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
-            }
-            let settings = HttpPersistentSettings::for_session(&session);
-            match session.finish().await {
-                Ok(Some(r)) => {
-                    let (s, p) = ReusedHttpStream::from_reusable_stream(r, settings).consume();
-                    stream = s;
-                    persistent = p;
-                    reused = true;
-                }
-                _ => return,
-            }
+        }
+        if reply.close {
+            // Refused before its body was read: take in (and discard) what the client is
+            // still sending, for a bounded time, so closing does not reset the connection
+            // before the client has read our answer.
+            let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(r)) => Some(ReusedHttpStream::from_reusable_stream(r, settings).consume()),
+            _ => None,
         }
     }
 
