@@ -104,16 +104,28 @@ pub async fn read_body(
     deadline: Duration,
 ) -> Result<Bytes, Refusal> {
     let read = async {
+        // A body that arrives in one chunk (the usual case) is used as pingora hands it over;
+        // only a body in several chunks is gathered into one buffer.
+        let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
-                    if buf.len() + chunk.len() > max {
+                    let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+                    if held + chunk.len() > max {
                         return Err(Refusal::BodyTooLarge(max));
                     }
-                    buf.extend_from_slice(&chunk);
+                    match first.take() {
+                        None if buf.is_empty() => first = Some(chunk),
+                        earlier => {
+                            if let Some(earlier) = earlier {
+                                buf.extend_from_slice(&earlier);
+                            }
+                            buf.extend_from_slice(&chunk);
+                        }
+                    }
                 }
-                Ok(None) => return Ok(buf.freeze()),
+                Ok(None) => return Ok(first.unwrap_or_else(|| buf.freeze())),
                 Err(_) => return Err(Refusal::BodyIncomplete),
             }
         }

@@ -190,8 +190,8 @@ impl Receivers {
             .stream(&peer, keepalive, d, report)
             .await
             .map_err(Connect)?;
-        let request = self.request(d, keepalive).map_err(Sent)?;
-        self.send(&mut stream, &request, d.route)
+        let head = self.request_head(d, keepalive).map_err(Sent)?;
+        self.send(&mut stream, &head, &d.body, d.route)
             .await
             .map_err(Sent)?;
         let mut s = HttpSession::new_with_options(stream, &peer);
@@ -274,16 +274,28 @@ impl Receivers {
         self.transport.new_stream(peer).await.map_err(unreachable)
     }
 
-    /// Write a whole request on the connection and flush it, within the route's deadline.
+    /// Write a whole request, head and body, on the connection and flush it, within the
+    /// route's deadline. One `writev` where the socket takes it all (one segment where it
+    /// fits): the head and the body are not copied into one buffer, and do not go out as
+    /// pingora's head-then-body.
     async fn send(
         &self,
         stream: &mut Stream,
-        request: &[u8],
+        head: &[u8],
+        body: &[u8],
         route: &Route,
     ) -> Result<(), Failure> {
         use tokio::io::AsyncWriteExt;
         let write = async {
-            stream.write_all(request).await?;
+            let mut parts = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+            let mut parts = &mut parts[..];
+            while !parts.is_empty() {
+                let n = stream.write_vectored(parts).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                std::io::IoSlice::advance_slices(&mut parts, n);
+            }
             stream.flush().await
         };
         match tokio::time::timeout(route.upstream_timeout, write).await {
@@ -316,10 +328,9 @@ impl Receivers {
         peer
     }
 
-    /// The whole request, head and body, in one buffer: it goes out in one write (one
-    /// segment where it fits), not pingora's head-then-body. Every header value is checked
-    /// as an HTTP field value (no CR, LF or NUL can split the head).
-    fn request(&self, d: &Delivery<'_>, keepalive: bool) -> Result<Vec<u8>, Failure> {
+    /// The request head (the body goes out beside it: [`Receivers::send`]). Every header
+    /// value is checked as an HTTP field value (no CR, LF or NUL can split the head).
+    fn request_head(&self, d: &Delivery<'_>, keepalive: bool) -> Result<Vec<u8>, Failure> {
         let up = &d.route.upstream;
         let default_port = if up.tls { 443 } else { 80 };
         let host = match (up.port == default_port, up.host.contains(':')) {
@@ -350,7 +361,7 @@ impl Receivers {
                 "the receiver's path is not a request target",
             ));
         }
-        let mut out = Vec::with_capacity(512 + d.body.len());
+        let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"POST ");
         out.extend_from_slice(path);
         out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -367,7 +378,6 @@ impl Receivers {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&d.body);
         Ok(out)
     }
 
