@@ -8,8 +8,19 @@
 //! than one common name (which name would a rule mean?), is refused, never guessed at.
 //! Not defended here: revocation (no CRL/OCSP; rotate pins instead).
 
+use std::sync::{Arc, Mutex};
+
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::*;
+
+/// How many recently seen certificates [`PeerIdentity::shared`] keeps parsed.
+const RECENT: usize = 8;
+
+/// A certificate's exact DER and what it says.
+type Remembered = (Box<[u8]>, Arc<PeerIdentity>);
+
+/// The identities of the last [`RECENT`] certificates parsed.
+static RECENT_IDENTITIES: Mutex<Vec<Remembered>> = Mutex::new(Vec::new());
 
 /// The client certificate of one connection, parsed once after the handshake.
 #[derive(Debug, Clone)]
@@ -46,6 +57,25 @@ impl IdentityError {
 }
 
 impl PeerIdentity {
+    /// [`PeerIdentity::from_der`], remembered for the last few certificates by their exact
+    /// bytes: Salesforce presents the same certificate on every connection, and the verifier
+    /// and the handshake both need it parsed, so a new connection parses it (and hashes it)
+    /// at most once in a while instead of twice. A certificate that does not parse is never
+    /// remembered.
+    pub fn shared(der: &[u8]) -> Result<Arc<PeerIdentity>, IdentityError> {
+        let recent = || RECENT_IDENTITIES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, id)) = recent().iter().find(|(seen, _)| **seen == *der) {
+            return Ok(id.clone());
+        }
+        let id = Arc::new(PeerIdentity::from_der(der)?);
+        let mut list = recent();
+        if list.len() >= RECENT {
+            list.remove(0);
+        }
+        list.push((der.into(), id.clone()));
+        Ok(id)
+    }
+
     pub fn from_der(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
         let (rest, cert) =
             X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
@@ -129,6 +159,34 @@ impl IdentityRule {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn shared_identities_are_parsed_once_per_certificate() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.example".into()]).unwrap();
+        let (a, b) = (a.cert.der().to_vec(), b.cert.der().to_vec());
+        let first = PeerIdentity::shared(&a).unwrap();
+        assert!(Arc::ptr_eq(&first, &PeerIdentity::shared(&a).unwrap()));
+        assert_eq!(first.sha256, PeerIdentity::from_der(&a).unwrap().sha256);
+        let other = PeerIdentity::shared(&b).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_ne!(first.sha256, other.sha256);
+        // One byte changed is another certificate (here one that does not parse).
+        let mut bad = a.clone();
+        bad[0] ^= 0xff;
+        assert!(PeerIdentity::shared(&bad).is_err());
+        assert!(
+            PeerIdentity::shared(&bad).is_err(),
+            "errors are not remembered"
+        );
+        // The list stays bounded.
+        for n in 0..2 * RECENT {
+            let c = rcgen::generate_simple_self_signed(vec![format!("c{n}.example")]).unwrap();
+            PeerIdentity::shared(c.cert.der()).unwrap();
+        }
+        assert!(RECENT_IDENTITIES.lock().unwrap().len() <= RECENT);
+    }
+
     use super::*;
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 

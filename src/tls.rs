@@ -154,7 +154,7 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = match PeerIdentity::from_der(end_entity) {
+        let id = match PeerIdentity::shared(end_entity) {
             Ok(id) => id,
             Err(e) => {
                 return self.refuse(
@@ -384,10 +384,10 @@ impl TlsStage {
             .get_ssl()
             .and_then(|s| s.peer_certificate_der())
             .ok_or(HandshakeFailure::NoClientCert)?;
-        // The verifier already parsed this certificate; failure here would be a bug, and is
-        // still a refusal rather than a panic.
-        let id = PeerIdentity::from_der(der).map_err(|_| HandshakeFailure::BadClientCert)?;
-        Ok((tls, Arc::new(id)))
+        // The verifier already parsed this certificate (and `shared` remembers it); failure
+        // here would be a bug, and is still a refusal rather than a panic.
+        let id = PeerIdentity::shared(der).map_err(|_| HandshakeFailure::BadClientCert)?;
+        Ok((tls, id))
     }
 }
 
