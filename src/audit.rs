@@ -325,16 +325,9 @@ mod tests {
 
     #[test]
     fn failed_and_dropped_records_are_counted_as_lost() {
-        struct Full;
-        impl Write for Full {
-            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-                Err(std::io::Error::other("disk full"))
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let log = AuditLog::on(Sink::new("test", Box::new(Full), 4096));
+        // A real file whose every write fails (ENOSPC), behind a sink of 4 KiB.
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let log = AuditLog::on(Sink::new("test", Box::new(full), 4096));
         log.write(&record("r1")).unwrap();
         log.write(&record("r2")).unwrap();
         log.flush();

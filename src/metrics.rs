@@ -428,26 +428,27 @@ impl Metrics {
             registry.register(Box::new(h.clone()))?;
             Ok(h)
         };
+        let single = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
         let policy_generation =
             IntGauge::new(POLICY_GENERATION, "Generation of the policy in force.")?;
-        registry.register(Box::new(policy_generation.clone()))?;
+        single(Box::new(policy_generation.clone()))?;
         let routes_loaded = IntGauge::new(ROUTES_LOADED, "Routes in the policy in force.")?;
-        registry.register(Box::new(routes_loaded.clone()))?;
+        single(Box::new(routes_loaded.clone()))?;
         let audit_write_failures = IntCounter::new(
             AUDIT_WRITE_FAILURES_TOTAL,
             "Audit records lost: dropped because the writer did not keep up, or in a failed write.",
         )?;
-        registry.register(Box::new(audit_write_failures.clone()))?;
+        single(Box::new(audit_write_failures.clone()))?;
         let log_lines_dropped = IntCounter::new(
             LOG_LINES_DROPPED_TOTAL,
             "Log lines dropped because the writer did not keep up.",
         )?;
-        registry.register(Box::new(log_lines_dropped.clone()))?;
+        single(Box::new(log_lines_dropped.clone()))?;
         let upstream_idle = IntGauge::new(
             UPSTREAM_IDLE_CONNECTIONS,
             "Idle receiver connections kept for reuse.",
         )?;
-        registry.register(Box::new(upstream_idle.clone()))?;
+        single(Box::new(upstream_idle.clone()))?;
         gauge(BUILD_INFO, "Build information; always 1.", &["version"])?
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

@@ -91,8 +91,11 @@ impl IdlePool {
             !std::mem::replace(&mut st.sweeping, true)
         };
         if start_sweep {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(sweep(Arc::downgrade(self)));
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(sweep(Arc::downgrade(self)))),
+                // No runtime here: expired connections go on use, and the next `put` on a
+                // runtime starts the sweep.
+                Err(_) => self.state().sweeping = false,
             }
         }
     }

@@ -2,6 +2,7 @@
 
 use crate::harness::*;
 use obmguard_testkit::client::TlsVersion;
+use obmguard_testkit::messages::SESSION_ID;
 use obmguard_testkit::receiver::{Behaviour, Receiver};
 
 async fn basic(w: &World, recv: &Receiver, mode: &str) -> Proxy {
@@ -363,4 +364,66 @@ async fn https_upstream_is_verified_against_the_policy_ca() {
         .unwrap();
     assert_eq!(r.status, 502);
     assert_eq!(recv.count(), 1);
+}
+
+/// With `upstream_keepalive`, messages reuse one receiver connection (obmguard's own pool,
+/// shown by `obmguard_upstream_idle_connections`); without it, each message has its own. The
+/// client's kept-alive connection idles between messages (obmguard waits for the next
+/// request's first byte itself) and still carries each one whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn receiver_connections_are_reused_only_where_keepalive_is_on() {
+    let w = World::new();
+    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
+    let pooled = route("pooled", "/pooled", &recv.url("/pooled"), "strip").replacen(
+        "\n\n[message]",
+        "\nupstream_keepalive = true\n\n[message]",
+        1,
+    );
+    let s = Setup::new(&w).route("pooled.toml", pooled).route(
+        "single.toml",
+        route("single", "/single", &recv.url("/single"), "strip"),
+    );
+    let p = Proxy::start(&w, &s).await;
+    let mut c = p.connect(&w.salesforce()).await.unwrap();
+    for path in ["/pooled", "/single"] {
+        for i in 0..4 {
+            if i == 2 {
+                // An idle pause on the client's connection between two messages.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            let r = c
+                .post_soap(path, &notification(Some(SESSION_ID)), &[])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{path} #{i}: {}", r.body_str());
+        }
+    }
+    let peers = |path: &str| {
+        let mut ports: Vec<u16> = recv
+            .requests()
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.peer.port())
+            .collect();
+        assert_eq!(ports.len(), 4, "{path}: every message arrived once");
+        assert!(recv
+            .requests()
+            .iter()
+            .all(|r| !String::from_utf8_lossy(&r.body).contains(SESSION_ID)));
+        ports.dedup();
+        ports.len()
+    };
+    assert_eq!(
+        peers("/pooled"),
+        1,
+        "one receiver connection for four messages"
+    );
+    assert_eq!(
+        peers("/single"),
+        4,
+        "a connection per message without keep-alive"
+    );
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, "obmguard_upstream_idle_connections"), 1.0, "{m}");
+    assert_eq!(p.audit_lines().len(), 8);
 }
