@@ -24,6 +24,7 @@ const ANSWER_WRITE_BUFFER: usize = 512;
 
 /// tracing to stderr, text or JSON, filtered by RUST_LOG (default `info`). Lines go through
 /// a [`crate::sink::Sink`]: the request path never waits on stderr. Colour only on a terminal.
+/// Text lines are written by [`crate::logfmt`] (the default layout, at a fraction of its cost).
 pub fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -37,9 +38,10 @@ pub fn init_logging(format: LogFormat) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        .with_timer(crate::logfmt::Clock)
         .with_writer(sink.clone());
     let _ = match format {
-        LogFormat::Text => b.try_init(),
+        LogFormat::Text => b.fmt_fields(crate::logfmt::Fields).try_init(),
         LogFormat::Json => b.json().flatten_event(true).try_init(),
     };
 }

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod inject;
 pub mod intake;
 pub mod lifecycle;
+pub mod logfmt;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

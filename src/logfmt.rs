@@ -1,0 +1,352 @@
+//! How log lines and timestamps are written: cheaply, because every request writes one of each.
+//!
+//! tracing-subscriber's default field formatter runs every field name, `=` and value through
+//! `fmt` machinery and ANSI styling (even with colour off), and its clock formats the date
+//! from scratch for each line: together about a tenth of a request's CPU. [`Fields`] writes
+//! the same `name=value` layout directly, and [`Clock`] formats the date once per second.
+//!
+//! Field values are made safe for a one-line log: strings are quoted and escaped as Rust's
+//! `Debug` does, and any other value (a `%display` field, an error, the message) has its
+//! control characters escaped, so no value can start a line of its own or drive a terminal.
+
+use std::cell::Cell;
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::FormatFields;
+
+/// `YYYY-MM-DDTHH:MM:SS`: the part of a timestamp that changes once a second.
+type SecondPrefix = [u8; 19];
+
+thread_local! {
+    /// The last second this thread formatted, and its prefix.
+    static LAST_SECOND: Cell<(u64, SecondPrefix)> = const { Cell::new((u64::MAX, [b'0'; 19])) };
+}
+
+/// Fractional digits of a timestamp.
+#[derive(Debug, Clone, Copy)]
+pub enum Precision {
+    Millis,
+    Micros,
+}
+
+/// `t` as RFC 3339 UTC, e.g. `2026-03-02T09:15:04.123Z` (fixed width: records sort and compare
+/// as strings). A time before 1970 is written as 1970's first instant.
+pub fn write_utc(out: &mut impl fmt::Write, t: SystemTime, precision: Precision) -> fmt::Result {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let prefix = LAST_SECOND.with(|last| match last.get() {
+        (s, prefix) if s == secs => prefix,
+        _ => {
+            let prefix = second_prefix(secs);
+            last.set((secs, prefix));
+            prefix
+        }
+    });
+    let mut buf = [0u8; 27];
+    buf[..19].copy_from_slice(&prefix);
+    buf[19] = b'.';
+    let (frac, digits) = match precision {
+        Precision::Millis => (since.subsec_millis(), 3),
+        Precision::Micros => (since.subsec_micros(), 6),
+    };
+    put_digits(&mut buf[20..20 + digits], frac);
+    buf[20 + digits] = b'Z';
+    // Digits and punctuation only, so always UTF-8.
+    out.write_str(std::str::from_utf8(&buf[..21 + digits]).map_err(|_| fmt::Error)?)
+}
+
+/// [`write_utc`] into a new string.
+pub fn utc(t: SystemTime, precision: Precision) -> String {
+    let mut s = String::with_capacity(27);
+    // Writing to a String cannot fail.
+    let _ = write_utc(&mut s, t, precision);
+    s
+}
+
+fn second_prefix(secs: u64) -> SecondPrefix {
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let mut p = *b"0000-00-00T00:00:00";
+    put_digits(&mut p[0..4], u32::try_from(t.year()).unwrap_or(0));
+    put_digits(&mut p[5..7], u32::from(u8::from(t.month())));
+    put_digits(&mut p[8..10], u32::from(t.day()));
+    put_digits(&mut p[11..13], u32::from(t.hour()));
+    put_digits(&mut p[14..16], u32::from(t.minute()));
+    put_digits(&mut p[17..19], u32::from(t.second()));
+    p
+}
+
+/// `n`'s last `out.len()` decimal digits, zero-padded.
+fn put_digits(out: &mut [u8], mut n: u32) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// The log's clock: RFC 3339 UTC with microseconds, as tracing-subscriber's default writes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clock;
+
+impl FormatTime for Clock {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        write_utc(w, SystemTime::now(), Precision::Micros)
+    }
+}
+
+/// The text log's field formatter: `message name=value name="text"`, separated by spaces, in
+/// the order the fields were recorded (tracing-subscriber's default layout, without styling).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fields;
+
+impl<'w> FormatFields<'w> for Fields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut line = Line {
+            out: writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut line);
+        line.result
+    }
+}
+
+struct Line<'w> {
+    out: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Line<'_> {
+    /// Write one field: its separator, `name=` unless it is the message, then the value.
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        let name = field.name();
+        if name.starts_with("log.") {
+            // tracing-log's metadata, already in the line's head.
+            return;
+        }
+        self.result = (|| {
+            if !std::mem::replace(&mut self.first, false) {
+                self.out.write_char(' ')?;
+            }
+            if name != "message" {
+                self.out
+                    .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                self.out.write_char('=')?;
+            }
+            value(&mut self.out)
+        })();
+    }
+}
+
+impl Visit for Line<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.field(field, |w| Escaped(w).write_str(value));
+        } else {
+            self.field(field, |w| quoted(w, value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, |w| write!(w, "{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.field(field, |w| write!(w, "{value:?}"));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        let name = field.name();
+        self.field(field, |w| {
+            write!(Escaped(w), "{value}")?;
+            let mut source = value.source();
+            if source.is_some() {
+                write!(w, " {name}.sources=[")?;
+                let mut first = true;
+                while let Some(s) = source {
+                    if !std::mem::replace(&mut first, false) {
+                        w.write_str(", ")?;
+                    }
+                    write!(Escaped(w), "{s}")?;
+                    source = s.source();
+                }
+                w.write_char(']')?;
+            }
+            Ok(())
+        });
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, |w| write!(Escaped(w), "{value:?}"));
+    }
+}
+
+/// `s` in double quotes, escaped as `Debug` escapes it; plain text is written as it is.
+fn quoted(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        w.write_char('"')?;
+        w.write_str(s)?;
+        w.write_char('"')
+    } else {
+        write!(w, "{s:?}")
+    }
+}
+
+/// A writer that escapes control characters (C0, DEL and C1) as `\n`, `\r`, `\t` or
+/// `\u{..}`, so a value cannot break the line or send a terminal an escape sequence.
+struct Escaped<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // C1 controls are U+0080..U+009F, whose UTF-8 starts with 0xC2.
+        if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            return self.0.write_str(s);
+        }
+        for c in s.chars() {
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c if c.is_control() => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+                c => self.0.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_and_follow_the_clock_across_seconds() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_772_442_904_123_456);
+        assert_eq!(utc(t, Precision::Millis), "2026-03-02T09:15:04.123Z");
+        assert_eq!(utc(t, Precision::Micros), "2026-03-02T09:15:04.123456Z");
+        // The cached second must not leak into the next one, nor into an earlier one.
+        let next = t + Duration::from_millis(900);
+        assert_eq!(utc(next, Precision::Millis), "2026-03-02T09:15:05.023Z");
+        assert_eq!(
+            utc(UNIX_EPOCH, Precision::Micros),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        let leap_day = UNIX_EPOCH + Duration::from_secs(1_709_251_199);
+        assert_eq!(utc(leap_day, Precision::Millis), "2024-02-29T23:59:59.000Z");
+        let before = UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(utc(before, Precision::Millis), "1970-01-01T00:00:00.000Z");
+    }
+
+    /// The lines a subscriber with [`Fields`] writes while `f` runs.
+    fn lines(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(Fields)
+            .with_timer(Clock)
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn lines_keep_the_default_layout_of_spans_and_fields() {
+        let text = lines(|| {
+            let span = tracing::info_span!("request", request_id = %"e04ae45fe46fc1b6");
+            let _in = span.enter();
+            let peer: std::net::SocketAddr = "127.0.0.1:55668".parse().unwrap();
+            tracing::info!(
+                route = "obm",
+                %peer,
+                status = 200u16,
+                upstream_status = 0u16,
+                ok = true,
+                delta = -3i64,
+                duration_ms = 121.5f64,
+                "request"
+            );
+        });
+        let line = text.lines().next().unwrap();
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        assert_eq!(stamp.len(), 27, "{line}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{line}"
+        );
+        assert_eq!(
+            rest.trim_start(),
+            "INFO request{request_id=e04ae45fe46fc1b6}: obmguard::logfmt::tests: request \
+             route=\"obm\" peer=127.0.0.1:55668 status=200 upstream_status=0 ok=true delta=-3 \
+             duration_ms=121.5"
+        );
+    }
+
+    #[test]
+    fn no_value_can_break_the_line_or_reach_a_terminal() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer\nfailure")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner \u{1b}[31mred")]
+        struct Inner;
+
+        let text = lines(|| {
+            let hostile = "a\"b\\c\nforged=1\u{1b}[2J\u{85}é";
+            let shown = "x\r\ny\u{9b}z\u{7f}";
+            let err = Outer(Inner);
+            let err: &(dyn std::error::Error + 'static) = &err;
+            tracing::warn!(text = hostile, %shown, error = err, "bad\nmessage\u{7}");
+        });
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(
+            !text.contains('\u{85}') && !text.contains('\u{9b}'),
+            "{text:?}"
+        );
+        let fields = text.split_once(": ").unwrap().1;
+        assert_eq!(
+            fields.trim_end(),
+            r#"bad\nmessage\u{7} text="a\"b\\c\nforged=1\u{1b}[2J\u{85}é" shown=x\r\ny\u{9b}z\u{7f} error=outer\nfailure error.sources=[inner \u{1b}[31mred]"#
+        );
+    }
+}
