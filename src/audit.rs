@@ -150,6 +150,7 @@ impl AuditLog {
             "audit trail",
             out,
             crate::sink::DEFAULT_CAPACITY,
+            crate::sink::AUDIT_GATHER,
         )))
     }
 
@@ -318,7 +319,12 @@ mod tests {
     fn failed_and_dropped_records_are_counted_as_lost() {
         // A real file whose every write fails (ENOSPC), behind a sink of 4 KiB.
         let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
-        let log = AuditLog::on(Sink::new("test", Box::new(full), 4096));
+        let log = AuditLog::on(Sink::new(
+            "test",
+            Box::new(full),
+            4096,
+            crate::sink::AUDIT_GATHER,
+        ));
         log.write(&record("r1")).unwrap();
         log.write(&record("r2")).unwrap();
         log.flush();

@@ -34,6 +34,7 @@ pub fn init_logging(format: LogFormat) {
         "log",
         Box::new(std::io::stderr()),
         crate::sink::DEFAULT_CAPACITY,
+        crate::sink::LOG_GATHER,
     ));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

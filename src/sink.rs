@@ -3,11 +3,13 @@
 //!
 //! A request appends its line under a short lock and goes on; it never waits for the disk
 //! and makes no system call for it, unless the writer sleeps with nothing to do and must be
-//! woken. After each write the writer waits [`GATHER`] before the next, so lines arriving
-//! meanwhile cost neither a wake-up nor a `write` of their own: ten thousand lines a second
-//! cost about five hundred `write`s, and so do two thousand (one wake-up per line at that
-//! rate was a tenth of a request's CPU). A line after a quiet spell is written as soon as
-//! the writer runs, a moment after its answer; one during traffic, at most [`GATHER`] later.
+//! woken. After each write the writer waits its gathering time (2 ms for the audit trail,
+//! [`AUDIT_GATHER`]; 10 ms for the log, [`LOG_GATHER`]) before the next, so lines arriving
+//! meanwhile cost neither a wake-up nor a `write` of their own: ten thousand audit records a
+//! second cost about five hundred `write`s, and so do two thousand (one wake-up per line at
+//! that rate was a tenth of a request's CPU). A line after a quiet spell is written as soon as
+//! the writer runs, a moment after its answer; one during traffic, at most the gathering time
+//! later.
 //!
 //! What can be lost, and how it shows:
 //! - a line that does not fit (more than [`Sink::capacity`] bytes are waiting: the disk is
@@ -17,7 +19,7 @@
 //!   stderr, at most once per [`REPORT_EVERY`] (obmguard does not retry a write whose
 //!   outcome it cannot know: a retry could write a line twice);
 //! - a crash (SIGKILL, an abort, power loss) loses the lines appended but not yet written:
-//!   at most [`GATHER`] of traffic plus a write in progress. A clean stop (SIGTERM, SIGQUIT
+//!   at most its gathering time of traffic plus a write in progress. A clean stop (SIGTERM, SIGQUIT
 //!   after the drain, the end of a command) writes everything first ([`Sink::flush`]).
 
 use std::io::Write;
@@ -25,8 +27,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// After a write, how long the writer lets lines gather before it writes again.
-pub const GATHER: Duration = Duration::from_millis(2);
+/// After a write, how long the audit trail's writer lets records gather before it writes
+/// again: at most this much traffic is lost to a crash (README, audit section).
+pub const AUDIT_GATHER: Duration = Duration::from_millis(2);
+/// The same for the log: its lines explain, they do not record, so they may wait longer and
+/// wake their writer less often.
+pub const LOG_GATHER: Duration = Duration::from_millis(10);
 /// How often a failing sink reports on stderr.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// Bytes that may wait for the writer before lines are dropped (about 30,000 audit lines).
@@ -41,6 +47,7 @@ pub struct Sink {
 struct Inner {
     name: &'static str,
     capacity: usize,
+    gather: Duration,
     state: Mutex<State>,
     wake: Condvar,
     /// Held while bytes are written, so [`Sink::flush`] returns only after every line
@@ -59,11 +66,18 @@ struct State {
 }
 
 impl Sink {
-    /// A sink writing to `out` from a thread named `obmguard-<name>`.
-    pub fn new(name: &'static str, out: Box<dyn Write + Send>, capacity: usize) -> Sink {
+    /// A sink writing to `out` from a thread named `obmguard-<name>`, which waits `gather`
+    /// after each write.
+    pub fn new(
+        name: &'static str,
+        out: Box<dyn Write + Send>,
+        capacity: usize,
+        gather: Duration,
+    ) -> Sink {
         let inner = Arc::new(Inner {
             name,
             capacity,
+            gather,
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             out: Mutex::new(out),
@@ -168,7 +182,7 @@ impl Inner {
             drop(out);
             batch.clear();
             // Not idle while it sleeps: lines appended meanwhile wait for it, unannounced.
-            std::thread::sleep(GATHER);
+            std::thread::sleep(self.gather);
         }
     }
 
@@ -253,7 +267,12 @@ mod tests {
     #[test]
     fn lines_arrive_whole_in_order_and_in_few_writes() {
         let out = Shared::default();
-        let sink = Sink::new("test", Box::new(out.clone()), DEFAULT_CAPACITY);
+        let sink = Sink::new(
+            "test",
+            Box::new(out.clone()),
+            DEFAULT_CAPACITY,
+            AUDIT_GATHER,
+        );
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let sink = sink.clone();
@@ -287,7 +306,12 @@ mod tests {
     #[test]
     fn a_single_line_is_written_without_a_flush() {
         let out = Shared::default();
-        let sink = Sink::new("test", Box::new(out.clone()), DEFAULT_CAPACITY);
+        let sink = Sink::new(
+            "test",
+            Box::new(out.clone()),
+            DEFAULT_CAPACITY,
+            AUDIT_GATHER,
+        );
         sink.push(b"one\n");
         wait_for(|| out.0.lock().unwrap().as_slice() == b"one\n");
     }
@@ -297,7 +321,12 @@ mod tests {
         // One line every 100 µs, as at 10,000 requests a second from a single client: the
         // writer must not write (nor be woken) once per line.
         let out = Shared::default();
-        let sink = Sink::new("test", Box::new(out.clone()), DEFAULT_CAPACITY);
+        let sink = Sink::new(
+            "test",
+            Box::new(out.clone()),
+            DEFAULT_CAPACITY,
+            AUDIT_GATHER,
+        );
         for i in 0..40 {
             sink.push(format!("line {i}\n").as_bytes());
             std::thread::sleep(Duration::from_micros(100));
@@ -328,7 +357,12 @@ mod tests {
     fn a_stalled_disk_drops_and_counts_never_blocks() {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let out = Shared::default();
-        let sink = Sink::new("test", Box::new(Stalled(gate.clone(), out.clone())), 64);
+        let sink = Sink::new(
+            "test",
+            Box::new(Stalled(gate.clone(), out.clone())),
+            64,
+            AUDIT_GATHER,
+        );
         assert!(sink.push(b"first line, taken by the writer\n"));
         // The writer holds the first line and waits on the disk; the buffer fills.
         wait_for(|| sink.inner.state().pending.is_empty());
@@ -359,7 +393,7 @@ mod tests {
 
     #[test]
     fn failed_writes_are_counted() {
-        let sink = Sink::new("test", Box::new(Failing), DEFAULT_CAPACITY);
+        let sink = Sink::new("test", Box::new(Failing), DEFAULT_CAPACITY, AUDIT_GATHER);
         sink.push(b"lost\n");
         wait_for(|| sink.failed() == 1);
         sink.push(b"two\nlines\n");

@@ -7,6 +7,8 @@
 //! its own trust anchor, so pins have their own path here, which still checks the validity
 //! dates and the handshake signature. Several pins may be listed to stage a rotation.
 //! A certificate x509-parser cannot parse, or with several subject CNs, is refused.
+//! A chain webpki accepted is remembered for a few minutes by its exact bytes, inside its
+//! validity dates, so a repeat connection skips the CA signature check ([`Accepted`]).
 //!
 //! The TLS configuration (server certificate, CA bundle, pins) is rebuilt whole on reload and
 //! swapped atomically: connections already open keep the one they started with; a new
@@ -15,7 +17,7 @@
 //! Not defended here: revocation (no CRL or OCSP), client-certificate renegotiation (rustls
 //! does not do it), and HTTP/2 (we only offer HTTP/1.1).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora_core::listeners::tls::Acceptor;
@@ -68,10 +70,34 @@ pub enum TlsError {
 /// Verifies client certificates: chain to the CA bundle, or a pin.
 pub struct ClientVerifier {
     webpki: Option<Arc<dyn ClientCertVerifier>>,
+    /// Chains webpki accepted lately, newest last (see [`Accepted`]).
+    accepted: Mutex<Vec<Accepted>>,
     pins: Vec<[u8; 32]>,
     spki_pins: Vec<[u8; 32]>,
     provider: Arc<CryptoProvider>,
     metrics: Arc<Metrics>,
+}
+
+/// How many accepted chains a verifier remembers.
+const ACCEPTED_CHAINS: usize = 8;
+/// How long, at most, an accepted chain is taken as accepted again without webpki.
+const ACCEPTED_FOR_SECS: u64 = 300;
+
+/// A client chain webpki accepted, remembered by its exact bytes.
+///
+/// Salesforce presents the same certificate, signed by the same CA, on every connection, and
+/// checking the CA's signature on it is about a quarter of a full handshake's CPU. webpki's
+/// answer depends only on the chain's bytes, the trust anchors and the time: the anchors are
+/// fixed for this verifier (a reload builds a new one, with nothing remembered), the bytes
+/// are compared whole, and the answer is reused only while the time lies in `[from, until)`,
+/// from the check to the earliest expiry in the chain, and for [`ACCEPTED_FOR_SECS`] at
+/// most. The handshake's own signature, the client's proof that it holds the key, is still
+/// checked on every connection; refusals are never remembered.
+struct Accepted {
+    /// End entity first, then the intermediates in the order presented.
+    chain: Vec<Box<[u8]>>,
+    from: u64,
+    until: u64,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -98,6 +124,7 @@ impl ClientVerifier {
         };
         Ok(ClientVerifier {
             webpki,
+            accepted: Mutex::new(Vec::with_capacity(ACCEPTED_CHAINS)),
             pins: trust.pins.clone(),
             spki_pins: trust.spki_pins.clone(),
             provider,
@@ -112,6 +139,63 @@ impl ClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.metrics.client_cert_rejection(kind);
         Err(err)
+    }
+
+    fn accepted(&self) -> std::sync::MutexGuard<'_, Vec<Accepted>> {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether webpki accepted exactly this chain lately, for a time that covers `now`.
+    fn accepted_lately(
+        &self,
+        end_entity: &[u8],
+        intermediates: &[CertificateDer<'_>],
+        now: u64,
+    ) -> bool {
+        let presented = std::iter::once(end_entity).chain(intermediates.iter().map(|c| &c[..]));
+        self.accepted().iter().any(|a| {
+            a.from <= now
+                && now < a.until
+                && a.chain.len() == 1 + intermediates.len()
+                && a.chain.iter().map(|c| &c[..]).eq(presented.clone())
+        })
+    }
+
+    /// Remember a chain webpki has just accepted at `now` (see [`Accepted`]).
+    fn remember(
+        &self,
+        end_entity: &[u8],
+        leaf_not_after: i64,
+        intermediates: &[CertificateDer<'_>],
+        now: u64,
+    ) {
+        let mut until = now.saturating_add(ACCEPTED_FOR_SECS);
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(Box::from(end_entity));
+        let mut not_after = vec![leaf_not_after];
+        for c in intermediates {
+            // webpki accepted it, so it parses; if x509-parser disagrees, remember nothing.
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(c) else {
+                return;
+            };
+            not_after.push(cert.validity().not_after.timestamp());
+            chain.push(Box::from(&c[..]));
+        }
+        for t in not_after {
+            until = until.min(u64::try_from(t).unwrap_or(0));
+        }
+        if until <= now {
+            return;
+        }
+        let mut accepted = self.accepted();
+        if accepted.len() >= ACCEPTED_CHAINS {
+            accepted.remove(0);
+        }
+        accepted.push(Accepted {
+            chain,
+            from: now,
+            until,
+        });
     }
 }
 
@@ -180,8 +264,12 @@ impl ClientCertVerifier for ClientVerifier {
             return Ok(ClientCertVerified::assertion());
         }
         match &self.webpki {
+            Some(_) if self.accepted_lately(end_entity, intermediates, now.as_secs()) => {
+                Ok(ClientCertVerified::assertion())
+            }
             Some(v) => v
                 .verify_client_cert(end_entity, intermediates, now)
+                .inspect(|_| self.remember(end_entity, id.not_after, intermediates, now.as_secs()))
                 .or_else(|e| {
                     let kind = match cert_error_kind(&e) {
                         "unknown_issuer" if !self.pins.is_empty() || !self.spki_pins.is_empty() => {
@@ -447,5 +535,145 @@ mod handshake_kinds {
             )),
             HandshakeFailure::Protocol
         );
+    }
+}
+
+#[cfg(test)]
+mod accepted_chains {
+    use super::*;
+
+    fn at(y: i32, m: u8, d: u8) -> time::OffsetDateTime {
+        time::Date::from_calendar_date(y, time::Month::try_from(m).unwrap(), d)
+            .unwrap()
+            .midnight()
+            .assume_utc()
+    }
+
+    fn unix(t: time::OffsetDateTime) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(t.unix_timestamp() as u64))
+    }
+
+    struct Pki {
+        ca: CertificateDer<'static>,
+        /// Valid from 2026-01-01 to 2026-06-01, issued by `ca`.
+        leaf: CertificateDer<'static>,
+        /// A certificate of another CA, sent as a stray intermediate.
+        stray: CertificateDer<'static>,
+    }
+
+    fn pki() -> Pki {
+        let ca_params = |cn: &str| {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.not_before = at(2025, 1, 1);
+            p.not_after = at(2030, 1, 1);
+            p
+        };
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params("Client CA").self_signed(&ca_key).unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let stray = ca_params("Other CA").self_signed(&other_key).unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["proxy.example".to_string()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "proxy.example");
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = at(2026, 1, 1);
+        p.not_after = at(2026, 6, 1);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = p.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        Pki {
+            ca: ca.der().clone(),
+            leaf: leaf.der().clone(),
+            stray: stray.der().clone(),
+        }
+    }
+
+    fn verifier(pki: &Pki) -> ClientVerifier {
+        let trust = ClientTrust {
+            roots: vec![pki.ca.clone()],
+            ca_file: None,
+            pins: vec![],
+            spki_pins: vec![],
+            ca_expiry: vec![],
+        };
+        ClientVerifier::new(&trust, Arc::new(Metrics::new().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn an_accepted_chain_is_remembered_only_for_its_bytes_and_its_validity() {
+        let pki = pki();
+        let v = verifier(&pki);
+        let check = |chain: &[CertificateDer<'static>], t| {
+            v.verify_client_cert(&pki.leaf, chain, unix(t))
+                .map(|_| ())
+                .map_err(|e| cert_error_kind(&e))
+        };
+        let march = at(2026, 3, 1);
+        assert_eq!(check(&[], march), Ok(()));
+        {
+            let accepted = v.accepted();
+            assert_eq!(accepted.len(), 1, "the chain is remembered");
+            let a = &accepted[0];
+            assert_eq!(a.from, march.unix_timestamp() as u64);
+            assert_eq!(a.until, a.from + ACCEPTED_FOR_SECS);
+        }
+        assert!(v.accepted_lately(&pki.leaf, &[], march.unix_timestamp() as u64 + 10));
+        assert_eq!(check(&[], march + time::Duration::seconds(10)), Ok(()));
+
+        // Outside the remembered window webpki decides again: after the leaf's expiry, and
+        // before the check (a clock set back past the leaf's start).
+        assert!(!v.accepted_lately(&pki.leaf, &[], at(2026, 7, 1).unix_timestamp() as u64));
+        assert_eq!(check(&[], at(2026, 7, 1)), Err("expired"));
+        assert_eq!(check(&[], at(2025, 12, 1)), Err("not_yet_valid"));
+
+        // The same leaf with other intermediates is another chain.
+        assert!(!v.accepted_lately(
+            &pki.leaf,
+            std::slice::from_ref(&pki.stray),
+            march.unix_timestamp() as u64
+        ));
+        assert_eq!(check(std::slice::from_ref(&pki.stray), march), Ok(()));
+        assert_eq!(v.accepted().len(), 2);
+
+        // Close to the leaf's expiry, the window ends with the leaf.
+        let late = at(2026, 6, 1) - time::Duration::seconds(30);
+        assert_eq!(check(&[], late), Ok(()));
+        let a = v.accepted().last().map(|a| (a.from, a.until)).unwrap();
+        assert_eq!(
+            a,
+            (
+                late.unix_timestamp() as u64,
+                at(2026, 6, 1).unix_timestamp() as u64
+            )
+        );
+    }
+
+    #[test]
+    fn a_refused_chain_is_never_remembered() {
+        let pki = pki();
+        let v = verifier(&pki);
+        let t = unix(at(2026, 7, 1));
+        assert!(v.verify_client_cert(&pki.leaf, &[], t).is_err());
+        assert!(v.verify_client_cert(&pki.stray, &[], t).is_err());
+        assert!(v.accepted().is_empty());
+    }
+
+    #[test]
+    fn a_reload_starts_with_nothing_remembered() {
+        let pki = pki();
+        let first = verifier(&pki);
+        let march = unix(at(2026, 3, 1));
+        assert!(first.verify_client_cert(&pki.leaf, &[], march).is_ok());
+        // A configuration that no longer trusts the CA: the new verifier refuses at once.
+        let trust = ClientTrust {
+            roots: vec![pki.stray.clone()],
+            ca_file: None,
+            pins: vec![],
+            spki_pins: vec![],
+            ca_expiry: vec![],
+        };
+        let second = ClientVerifier::new(&trust, Arc::new(Metrics::new().unwrap())).unwrap();
+        assert!(second.verify_client_cert(&pki.leaf, &[], march).is_err());
     }
 }
