@@ -193,10 +193,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadLimited<S> {
                 "request head over its byte budget",
             )));
         }
-        // Read at most the budget, through a small buffer (no unsafe code to narrow `buf`).
-        let mut scratch = [0u8; 4096];
+        // Read at most the budget, through a small buffer (no unsafe code to narrow `buf`),
+        // left uninitialised: the read fills what it reports, and only that is copied.
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let want = budget.min(scratch.len()).min(buf.remaining());
-        let mut small = ReadBuf::new(&mut scratch[..want]);
+        let mut small = ReadBuf::uninit(&mut scratch[..want]);
         match Pin::new(&mut this.inner).poll_read(cx, &mut small) {
             Poll::Ready(Ok(())) => {
                 let got = small.filled();
