@@ -19,7 +19,7 @@
 //!             token (inject)                503
 //!             soap::rewrite
 //!             upstream::deliver             200 only for a real Ack; else 502 / 504
-//!             record::record                metrics, audit line, log line
+//!             record::count / record::write metrics; after the answer, audit and log lines
 //! ```
 //! pingora's `ProxyHttp` streams the response header downstream before the body is seen, so
 //! it could not turn a 200 carrying `<Ack>false</Ack>` into a 502; obmguard implements
@@ -272,7 +272,7 @@ impl Listener {
                 return None;
             }
         }
-        let reply = self
+        let (reply, answered) = self
             .request(&gen, &conn.origin, &conn.identity, &mut session)
             .await;
         if reply.close
@@ -282,7 +282,9 @@ impl Listener {
         {
             session.set_keepalive(None);
         }
-        match tokio::time::timeout(t.response_write, write(&mut session, &reply)).await {
+        let written = tokio::time::timeout(t.response_write, write(&mut session, &reply)).await;
+        answered.record(&rt.audit, reply.status);
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return None,
             Err(_) => {
@@ -364,14 +366,15 @@ impl Listener {
         }
     }
 
-    /// One message: the pipeline decides, then the record stage counts, audits and logs.
+    /// One message: the pipeline decides and the record stage counts it; the audit and log
+    /// lines wait in the returned [`Answered`] until the answer is written.
     async fn request(
         &self,
         gen: &Generation,
         origin: &Origin,
         identity: &Arc<PeerIdentity>,
         s: &mut ServerSession,
-    ) -> Reply {
+    ) -> (Reply, Answered) {
         let rt = &self.rt;
         let mut facts = Facts::new(new_request_id(), origin.clone(), identity.clone());
         let span = tracing::info_span!("request", request_id = %facts.request_id);
@@ -423,14 +426,29 @@ impl Listener {
                 }
             }
         };
-        record::record(
-            &rt.metrics,
-            &rt.audit,
-            &facts,
-            result.as_ref().copied(),
-            reply.status,
-        );
-        reply
+        let counted = record::count(&rt.metrics, &facts, result.as_ref().copied());
+        drop(_in_span);
+        let answered = Answered {
+            facts,
+            counted,
+            span,
+        };
+        (reply, answered)
+    }
+}
+
+/// A request counted and answered (or being answered), not yet audited and logged.
+struct Answered {
+    facts: Facts,
+    counted: record::Counted,
+    span: tracing::Span,
+}
+
+impl Answered {
+    /// The audit line and the log line, once the answer is written (or failed to be).
+    fn record(self, audit: &crate::audit::AuditLog, status: u16) {
+        let _in_span = self.span.enter();
+        record::write(audit, &self.facts, &self.counted, status);
     }
 }
 

@@ -223,7 +223,24 @@ impl Proxy {
         }
     }
 
+    /// The log once it has settled: obmguard writes its log lines from a thread that gathers
+    /// them for a few milliseconds, and they reach us through a pipe and a reader thread, so
+    /// the lines of an event arrive a moment after it. Unchanged for 100 ms, or after 5 s.
     pub fn logs(&self) -> String {
+        let start = Instant::now();
+        let mut last = self.logs_now();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.logs_now();
+            if now == last || start.elapsed() > Duration::from_secs(5) {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    /// The log as read so far.
+    pub fn logs_now(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
@@ -232,7 +249,7 @@ impl Proxy {
     pub fn logs_with(&self, needle: &str) -> String {
         let start = Instant::now();
         loop {
-            let logs = self.logs();
+            let logs = self.logs_now();
             if logs.contains(needle) || start.elapsed() > Duration::from_secs(5) {
                 return logs;
             }
