@@ -256,6 +256,16 @@ mod tests {
         }
     }
 
+    /// A sink writing to `out`, as the audit trail's is set up.
+    fn sink_to(out: &Shared) -> Sink {
+        Sink::new(
+            "test",
+            Box::new(out.clone()),
+            DEFAULT_CAPACITY,
+            AUDIT_GATHER,
+        )
+    }
+
     fn wait_for(what: impl Fn() -> bool) {
         let until = Instant::now() + Duration::from_secs(5);
         while !what() {
@@ -267,12 +277,7 @@ mod tests {
     #[test]
     fn lines_arrive_whole_in_order_and_in_few_writes() {
         let out = Shared::default();
-        let sink = Sink::new(
-            "test",
-            Box::new(out.clone()),
-            DEFAULT_CAPACITY,
-            AUDIT_GATHER,
-        );
+        let sink = sink_to(&out);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let sink = sink.clone();
@@ -306,12 +311,7 @@ mod tests {
     #[test]
     fn a_single_line_is_written_without_a_flush() {
         let out = Shared::default();
-        let sink = Sink::new(
-            "test",
-            Box::new(out.clone()),
-            DEFAULT_CAPACITY,
-            AUDIT_GATHER,
-        );
+        let sink = sink_to(&out);
         sink.push(b"one\n");
         wait_for(|| out.0.lock().unwrap().as_slice() == b"one\n");
     }
@@ -321,12 +321,7 @@ mod tests {
         // One line every 100 µs, as at 10,000 requests a second from a single client: the
         // writer must not write (nor be woken) once per line.
         let out = Shared::default();
-        let sink = Sink::new(
-            "test",
-            Box::new(out.clone()),
-            DEFAULT_CAPACITY,
-            AUDIT_GATHER,
-        );
+        let sink = sink_to(&out);
         for i in 0..40 {
             sink.push(format!("line {i}\n").as_bytes());
             std::thread::sleep(Duration::from_micros(100));
