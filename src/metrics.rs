@@ -408,47 +408,50 @@ fn catch_up(c: &IntCounter, total: u64) {
     }
 }
 
+/// `c`, registered in `registry`.
+fn register<C>(registry: &Registry, c: C) -> Result<C, MetricsError>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 impl Metrics {
     /// Create and register every family in a fresh registry.
     pub fn new() -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<_, MetricsError> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
         };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<_, MetricsError> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| -> Result<_, MetricsError> {
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-            let h = HistogramVec::new(opts, labels)?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
+            register(&registry, HistogramVec::new(opts, labels)?)
         };
-        let single = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
-        let policy_generation =
-            IntGauge::new(POLICY_GENERATION, "Generation of the policy in force.")?;
-        single(Box::new(policy_generation.clone()))?;
-        let routes_loaded = IntGauge::new(ROUTES_LOADED, "Routes in the policy in force.")?;
-        single(Box::new(routes_loaded.clone()))?;
-        let audit_write_failures = IntCounter::new(
+        // Families without labels.
+        let int_gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help)?);
+        let int_counter =
+            |name: &str, help: &str| register(&registry, IntCounter::new(name, help)?);
+        let policy_generation = int_gauge(POLICY_GENERATION, "Generation of the policy in force.")?;
+        let routes_loaded = int_gauge(ROUTES_LOADED, "Routes in the policy in force.")?;
+        let audit_write_failures = int_counter(
             AUDIT_WRITE_FAILURES_TOTAL,
             "Audit records lost: dropped because the writer did not keep up, or in a failed write.",
         )?;
-        single(Box::new(audit_write_failures.clone()))?;
-        let log_lines_dropped = IntCounter::new(
+        let log_lines_dropped = int_counter(
             LOG_LINES_DROPPED_TOTAL,
             "Log lines dropped because the writer did not keep up.",
         )?;
-        single(Box::new(log_lines_dropped.clone()))?;
-        let upstream_idle = IntGauge::new(
+        let upstream_idle = int_gauge(
             UPSTREAM_IDLE_CONNECTIONS,
             "Idle receiver connections kept for reuse.",
         )?;
-        single(Box::new(upstream_idle.clone()))?;
         gauge(BUILD_INFO, "Build information; always 1.", &["version"])?
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -470,7 +473,7 @@ impl Metrics {
             )
             .buckets(COMMIT_BUCKETS.to_vec()),
         )?;
-        registry.register(Box::new(store_commit.clone()))?;
+        let store_commit = register(&registry, store_commit)?;
         let store_errors = counter(
             STORE_ERRORS_TOTAL,
             "Store operations that failed, by operation.",

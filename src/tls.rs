@@ -589,9 +589,10 @@ mod accepted_chains {
         }
     }
 
-    fn verifier(pki: &Pki) -> ClientVerifier {
+    /// A verifier trusting the CA `root` (as a policy generation builds one).
+    fn verifier(root: &CertificateDer<'static>) -> ClientVerifier {
         let trust = ClientTrust {
-            roots: vec![pki.ca.clone()],
+            roots: vec![root.clone()],
             ca_file: None,
             pins: vec![],
             spki_pins: vec![],
@@ -603,7 +604,7 @@ mod accepted_chains {
     #[test]
     fn an_accepted_chain_is_remembered_only_for_its_bytes_and_its_validity() {
         let pki = pki();
-        let v = verifier(&pki);
+        let v = verifier(&pki.ca);
         let check = |chain: &[CertificateDer<'static>], t| {
             v.verify_client_cert(&pki.leaf, chain, unix(t))
                 .map(|_| ())
@@ -652,7 +653,7 @@ mod accepted_chains {
     #[test]
     fn a_refused_chain_is_never_remembered() {
         let pki = pki();
-        let v = verifier(&pki);
+        let v = verifier(&pki.ca);
         let t = unix(at(2026, 7, 1));
         assert!(v.verify_client_cert(&pki.leaf, &[], t).is_err());
         assert!(v.verify_client_cert(&pki.stray, &[], t).is_err());
@@ -662,18 +663,11 @@ mod accepted_chains {
     #[test]
     fn a_reload_starts_with_nothing_remembered() {
         let pki = pki();
-        let first = verifier(&pki);
+        let first = verifier(&pki.ca);
         let march = unix(at(2026, 3, 1));
         assert!(first.verify_client_cert(&pki.leaf, &[], march).is_ok());
         // A configuration that no longer trusts the CA: the new verifier refuses at once.
-        let trust = ClientTrust {
-            roots: vec![pki.stray.clone()],
-            ca_file: None,
-            pins: vec![],
-            spki_pins: vec![],
-            ca_expiry: vec![],
-        };
-        let second = ClientVerifier::new(&trust, Arc::new(Metrics::new().unwrap())).unwrap();
+        let second = verifier(&pki.stray);
         assert!(second.verify_client_cert(&pki.leaf, &[], march).is_err());
     }
 }

@@ -449,7 +449,7 @@ async fn identical_credentials_share_one_source() {
 
 #[tokio::test]
 async fn logs_never_contain_the_token_or_secret() {
-    let logs = LogBuffer::default();
+    let logs = crate::logfmt::LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_max_level(tracing::Level::TRACE)
@@ -462,32 +462,12 @@ async fn logs_never_contain_the_token_or_secret() {
     let issued = server.last_issued_token().unwrap();
     server.set_mode(Mode::Status500);
     let _ = source.fetch_once().await;
-    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logged = logs.text();
     assert!(logged.contains("obtained an access token"), "{logged}");
     assert!(logged.contains("token fetch failed"), "{logged}");
     assert!(!logged.contains(&issued));
     assert!(!logged.contains(CLIENT_SECRET));
     assert!(!format!("{token:?}").contains(&issued));
-}
-
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 #[test]

@@ -353,6 +353,14 @@ impl Drop for Proxy {
 pub use obmguard_testkit::client::admin_get as http_get;
 
 /// The value of one metric series from the text exposition (`name{labels}` as printed).
+/// `obmguard_client_cert_rejections_total` for one kind of refusal.
+pub fn cert_rejections(metrics: &str, kind: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("obmguard_client_cert_rejections_total{{kind=\"{kind}\"}}"),
+    )
+}
+
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -235,6 +235,40 @@ async fn certificate_rotation_applies_to_new_connections_while_an_open_one_compl
     assert_eq!(recv.count(), 3);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_withdraws_the_client_ca_refuses_a_chain_accepted_before() {
+    // obmguard remembers chains it has accepted (tls::Accepted); a reload must forget them.
+    let w = World::new();
+    let recv = Receiver::start(Behaviour::Ack).await.unwrap();
+    let trust = w.path("trust.pem");
+    std::fs::copy(&w.pki.client_ca, &trust).unwrap();
+    let mut s = Setup::new(&w).route("a.toml", route("a", "/a", &recv.url("/a"), "strip"));
+    s.client_cert = format!("ca_bundle = {:?}\n", trust.display().to_string());
+    let p = Proxy::start(&w, &s).await;
+    let body = notification(None);
+    // Two new connections with the same chain: the first checks it, the second may use what
+    // the first remembered.
+    for _ in 0..2 {
+        assert_eq!(
+            p.post(&w.salesforce(), "/a", &body).await.unwrap().status,
+            200
+        );
+    }
+    // The bundle now holds another CA only.
+    std::fs::copy(&w.pki.rogue_ca, &trust).unwrap();
+    p.signal("HUP");
+    wait_for(&p, "obmguard_policy_generation", 2.0).await;
+    let refused = p.post(&w.salesforce(), "/a", &body).await;
+    assert!(refused.is_err(), "{:?}", refused.map(|r| r.status));
+    assert_eq!(
+        recv.count(),
+        2,
+        "nothing reaches the receiver after the reload"
+    );
+    let m = p.metrics().await;
+    assert!(cert_rejections(&m, "unknown_issuer") >= 1.0, "{m}");
+}
+
 /// One notification on an open connection; its status.
 async fn status_on(c: &mut obmguard_testkit::client::Connection) -> u16 {
     c.post_soap("/a", &notification(None), &[])
