@@ -48,10 +48,10 @@ impl Admission {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     /// The TCP peer: the load balancer, behind one.
-    pub peer: SocketAddr,
+    pub peer: Shown<SocketAddr>,
     /// The client: the one a trusted load balancer's PROXY header names, else the TCP peer
     /// (canonical: an IPv4-mapped IPv6 address is written as IPv4).
-    pub client: IpAddr,
+    pub client: Shown<IpAddr>,
     /// The AWS VPC endpoint the client came through, when the load balancer said so.
     pub vpce_id: Option<String>,
 }
@@ -59,11 +59,55 @@ pub struct Origin {
 impl Origin {
     /// A connection straight from its client.
     pub fn direct(peer: SocketAddr) -> Origin {
+        Origin::behind(peer, peer.ip(), None)
+    }
+
+    /// A connection from `peer` on behalf of `client` (the TCP peer itself, or the client a
+    /// load balancer's PROXY header named).
+    pub fn behind(peer: SocketAddr, client: IpAddr, vpce_id: Option<String>) -> Origin {
         Origin {
-            peer,
-            client: peer.ip().to_canonical(),
-            vpce_id: None,
+            peer: Shown::new(peer),
+            client: Shown::new(client.to_canonical()),
+            vpce_id,
         }
+    }
+}
+
+/// An address and its text, written once per connection: std's `Display` for an address costs
+/// about 1,500 instructions, and every request writes its peer and its client five times in
+/// all (the audit record, the log line, `X-Forwarded-For`), 4% of a keep-alive request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Shown<T> {
+    value: T,
+    text: Arc<str>,
+}
+
+impl<T: Copy + std::fmt::Display> Shown<T> {
+    pub fn new(value: T) -> Self {
+        Shown {
+            text: value.to_string().into(),
+            value,
+        }
+    }
+
+    pub fn get(&self) -> T {
+        self.value
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T> std::fmt::Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.text)
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.value.fmt(f)
     }
 }
 
@@ -308,6 +352,27 @@ mod tests {
 
     fn set(c: &[&str]) -> IpSet {
         IpSet::new(c.iter().map(|s| parse_cidr(s).unwrap()).collect())
+    }
+
+    #[test]
+    fn an_origin_writes_its_addresses_as_std_does_with_the_client_canonical() {
+        for (peer, client) in [
+            ("203.0.113.7:51234", "203.0.113.7"),
+            ("[::ffff:203.0.113.7]:443", "203.0.113.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+        ] {
+            let addr: SocketAddr = peer.parse().unwrap();
+            let o = Origin::direct(addr);
+            assert_eq!(o.peer.text(), addr.to_string());
+            assert_eq!(o.client.text(), client);
+            assert_eq!(o.client.get(), client.parse::<IpAddr>().unwrap());
+            // Display keeps std's width and alignment; Debug is the address's own.
+            assert_eq!(
+                format!("{:>20}|{}", o.client, o.peer),
+                format!("{:>20}|{addr}", client)
+            );
+            assert_eq!(format!("{:?}", o.client), format!("{:?}", o.client.get()));
+        }
     }
 
     #[test]

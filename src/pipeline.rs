@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_http::RequestHeader;
 
+use crate::accept::Shown;
 pub use crate::queue::Accepted;
 use crate::record::Facts;
 use crate::reject::{Failure, Refusal, Rejection};
@@ -128,9 +129,12 @@ pub async fn run(
         .get_all("x-forwarded-for")
         .iter()
         .map(|v| v.as_bytes());
-    f.client_ip = accept::client_ip(f.origin.client, xff, &config.source.trusted_proxies);
-    if !route.source.contains(f.client_ip) {
-        return Err(Refusal::SourceIp(f.client_ip).into());
+    let client = accept::client_ip(f.origin.client.get(), xff, &config.source.trusted_proxies);
+    if client != f.client_ip.get() {
+        f.client_ip = Shown::new(client);
+    }
+    if !route.source.contains(client) {
+        return Err(Refusal::SourceIp(client).into());
     }
     f.identity
         .check_validity(out.clock.unix_now())
@@ -193,7 +197,7 @@ pub async fn run(
     let delivery = Delivery {
         route,
         body: forwarded,
-        client_ip: Some(f.client_ip),
+        client_ip: Some(f.client_ip.text()),
         soap_action: soap_action.as_deref(),
         bearer: bearer.map(|t| t.access_token.expose()),
         request_id: &f.request_id,

@@ -156,7 +156,7 @@ impl Listener {
             Origin::direct(peer)
         };
         let _slot = match self.caps.admit(
-            origin.client,
+            origin.client.get(),
             limits.max_connections,
             limits.max_connections_per_source,
         ) {
@@ -329,11 +329,7 @@ impl Listener {
         if said.client.is_some() && !self.filter.admits_client(client, peer) {
             return None;
         }
-        Some(Origin {
-            peer,
-            client,
-            vpce_id: said.vpce_id,
-        })
+        Some(Origin::behind(peer, client, said.vpce_id))
     }
 
     /// Count and log (rate-limited) a connection closed for its PROXY header.

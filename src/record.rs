@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::accept::Origin;
+use crate::accept::{Origin, Shown};
 use crate::audit::{self, AuditLog, AuditRecord, SessionIdSeen};
 use crate::identity::PeerIdentity;
 use crate::metrics::{outcome, session_action, stage, Metrics};
@@ -32,7 +32,7 @@ pub struct Facts {
     pub origin: Origin,
     /// The client after `X-Forwarded-For` from a trusted proxy (the connection's client until
     /// the pipeline has looked).
-    pub client_ip: IpAddr,
+    pub client_ip: Shown<IpAddr>,
     pub identity: Arc<PeerIdentity>,
     pub route: Option<Arc<RouteState>>,
     pub message: Option<Message>,
@@ -49,7 +49,7 @@ impl Facts {
         Facts {
             request_id,
             started: Instant::now(),
-            client_ip: origin.client,
+            client_ip: origin.client.clone(),
             origin,
             identity,
             route: None,
@@ -156,8 +156,8 @@ pub fn write(audit_log: &AuditLog, f: &Facts, c: &Counted, status: u16) {
         time: audit::timestamp(SystemTime::now()),
         request_id: f.request_id.clone(),
         route: route.to_string(),
-        peer: f.origin.peer.to_string(),
-        client_ip: f.client_ip.to_string(),
+        peer: f.origin.peer.text().to_owned(),
+        client_ip: f.client_ip.text().to_owned(),
         vpce_id: f.origin.vpce_id.clone(),
         client_cert_sha256: Some(f.identity.sha256_hex.clone()),
         client_cert_subject: Some(sanitize(&f.identity.subject, SUBJECT_MAX)),

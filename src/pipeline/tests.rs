@@ -562,10 +562,12 @@ async fn route_ranges_see_the_client_a_load_balancer_named_not_the_load_balancer
     let w = world(false);
     let recv = FakeReceiver::default();
     let body = nil();
-    let behind = |peer: &str, client: &str| Origin {
-        peer: peer.parse().unwrap(),
-        client: client.parse().unwrap(),
-        vpce_id: Some("vpce-1".into()),
+    let behind = |peer: &str, client: &str| {
+        Origin::behind(
+            peer.parse().unwrap(),
+            client.parse().unwrap(),
+            Some("vpce-1".into()),
+        )
     };
     // /strip admits 127.0.0.1 only. The load balancer (the TCP peer) is not a trusted proxy,
     // so an X-Forwarded-For through it is not believed either.

@@ -66,7 +66,7 @@ pub struct Delivery<'a> {
     pub route: &'a Route,
     pub body: Bytes,
     /// The client the message came from (`X-Forwarded-For`); `None` for a queued message.
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<&'a str>,
     pub soap_action: Option<&'a [u8]>,
     pub bearer: Option<&'a str>,
     pub request_id: &'a str,
@@ -340,14 +340,13 @@ impl Receivers {
             (false, true) => format!("[{}]:{}", up.host, up.port),
         };
         let length = d.body.len().to_string();
-        let client = d.client_ip.map(|ip| ip.to_string());
         let bearer = d.bearer.map(|t| format!("Bearer {t}"));
         let fields: [(&str, Option<&[u8]>); 8] = [
             ("Host", Some(host.as_bytes())),
             ("Content-Type", Some(b"text/xml; charset=UTF-8")),
             ("SOAPAction", Some(d.soap_action.unwrap_or(b"\"\""))),
             ("Content-Length", Some(length.as_bytes())),
-            ("X-Forwarded-For", client.as_deref().map(str::as_bytes)),
+            ("X-Forwarded-For", d.client_ip.map(str::as_bytes)),
             ("X-Request-Id", Some(d.request_id.as_bytes())),
             ("Connection", (!keepalive).then_some(b"close".as_slice())),
             ("Authorization", bearer.as_deref().map(str::as_bytes)),
