@@ -233,6 +233,18 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         recv.last().unwrap().header("x-forwarded-for"),
         Some("203.0.113.5")
     );
+    // The audit record and the log line name the forwarded client, beside the TCP peer.
+    let audit = p.audit_lines();
+    let line = audit.last().unwrap();
+    assert_eq!(line["client_ip"], "203.0.113.5", "{line}");
+    assert!(
+        line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    let logs = p.logs();
+    let request = logs.lines().rfind(|l| l.contains(" request ")).unwrap();
+    assert!(request.contains("client_ip=203.0.113.5"), "{request}");
+    assert!(request.contains("peer=127.0.0.1:"), "{request}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
