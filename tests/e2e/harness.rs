@@ -3,7 +3,7 @@
 //! receiver. Logs (stderr) are captured so tests can assert what was, and was not, logged.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,13 +15,7 @@ use obmguard_testkit::pki::{Identity, Pki};
 
 pub const ORG: &str = obmguard_testkit::messages::ORG_ID;
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use obmguard_testkit::ports::free_port;
 
 /// A fresh directory with a PKI in it.
 pub struct World {

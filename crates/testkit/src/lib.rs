@@ -11,6 +11,7 @@
 //! - [`receiver`]: a recording SOAP receiver whose answer can be switched at run time;
 //! - [`file_server`]: an HTTPS server answering one settable document (Salesforce's ranges);
 //! - [`token_server`]: a Salesforce-like OAuth token endpoint;
+//! - [`ports`]: loopback ports that no other test's socket can take meanwhile;
 //! - [`postgres`]: a throw-away PostgreSQL cluster (or an existing server) for the store's tests.
 //!
 //! Nothing here is used on the proxy's request path, and none of it is hardened for production
@@ -21,6 +22,7 @@ pub mod client;
 pub mod file_server;
 pub mod messages;
 pub mod pki;
+pub mod ports;
 pub mod postgres;
 pub mod receiver;
 pub mod token_server;

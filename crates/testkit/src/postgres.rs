@@ -269,7 +269,7 @@ impl TestPostgres {
         let mut local = Local {
             dir,
             bin,
-            port: free_port(),
+            port: crate::ports::free_port(),
             user,
             args,
             child: None,
@@ -288,7 +288,7 @@ impl TestPostgres {
             }
             // The port was taken meanwhile: try another.
             local.stop().await;
-            local.port = free_port();
+            local.port = crate::ports::free_port();
         }
         panic!("the test PostgreSQL never started:\n{}", local.log());
     }
@@ -498,13 +498,6 @@ fn as_user(cmd: &mut Command, user: Option<(u32, u32)>) {
         cmd.uid(uid).gid(gid);
         cmd.env("HOME", "/tmp");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// Direct children of `pid` (a postmaster's backends), from /proc.

@@ -334,11 +334,7 @@ async fn the_password_never_appears_in_errors_or_debug_output() {
     assert_secret_free(&err, wrong);
 
     // Nobody listening on that port: refused, named without the password.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = obmguard_testkit::ports::free_port();
     url.set_port(Some(port)).unwrap();
     let err = PgStore::connect(&Secret::new(url.as_str()), PgOptions::default())
         .await
