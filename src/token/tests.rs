@@ -104,12 +104,10 @@ async fn jwt_server(username: &str) -> TokenServer {
     .await
 }
 
-/// A loopback URL nobody listens on.
+/// A loopback URL nobody listens on (a port no other test's socket can take meanwhile).
 async fn closed_port_url() -> url::Url {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}/services/oauth2/token")
+    let port = obmguard_testkit::ports::free_port();
+    format!("http://127.0.0.1:{port}/services/oauth2/token")
         .parse()
         .unwrap()
 }
