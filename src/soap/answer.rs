@@ -6,6 +6,8 @@
 //! Everything else is a failure of some kind; the variants only say which, for the audit trail.
 //! The answer passes the same safety checks as a request, except that comments are tolerated.
 
+use std::cell::RefCell;
+
 use super::scan::{trim_xml, Item, Ns, Scanner};
 use super::Limits;
 
@@ -43,12 +45,36 @@ enum Ctx {
     Opaque,
 }
 
+/// The longest answer remembered as an Ack (a receiver's Ack is a few hundred bytes).
+const REMEMBERED_MAX: usize = 2 * 1024;
+
+thread_local! {
+    /// The last answer this thread read as an Ack, with the limits it was read under.
+    ///
+    /// A receiver answers every message with the same bytes, and the verdict depends on
+    /// nothing but the bytes and the limits: the same bytes under the same limits are the same
+    /// Ack, compared byte for byte instead of read again. Only an Ack is remembered, and only
+    /// the last one, so a receiver whose answers differ is read every time.
+    static LAST_ACK: RefCell<Option<(Limits, Box<[u8]>)>> = const { RefCell::new(None) };
+}
+
 /// Classify the receiver's answer body. Never fails: anything unreadable is `Malformed`.
 pub fn parse_answer(body: &[u8], limits: &Limits) -> Answer {
-    match classify(body, limits) {
+    let known = LAST_ACK.with_borrow(|last| {
+        last.as_ref()
+            .is_some_and(|(l, b)| l == limits && **b == *body)
+    });
+    if known {
+        return Answer::Ack;
+    }
+    let answer = match classify(body, limits) {
         Ok(answer) => answer,
         Err(why) => Answer::Malformed(why),
+    };
+    if answer == Answer::Ack && body.len() <= REMEMBERED_MAX {
+        LAST_ACK.set(Some((*limits, body.into())));
     }
+    answer
 }
 
 fn classify(body: &[u8], limits: &Limits) -> Result<Answer, &'static str> {
@@ -198,6 +224,43 @@ mod tests {
     fn acks_with_prefixes_a_header_and_comments() {
         let body = br#"<e:Envelope xmlns:e="http://schemas.xmlsoap.org/soap/envelope/"><!-- hi --><e:Header><x/></e:Header><e:Body><o:notificationsResponse xmlns:o="http://soap.sforce.com/2005/09/outbound"><o:Ack>true</o:Ack></o:notificationsResponse></e:Body></e:Envelope>"#;
         assert_eq!(answer(body), Answer::Ack);
+    }
+
+    #[test]
+    fn a_remembered_ack_takes_the_same_bytes_under_the_same_limits() {
+        let ack = response("<Ack>true</Ack>");
+        assert_eq!(answer(&ack), Answer::Ack);
+        // One byte other, the same length: read, not remembered.
+        let mut other = ack.clone();
+        let at = other.windows(4).position(|w| w == b"true").unwrap();
+        other[at..at + 4].copy_from_slice(b"tru\x01");
+        assert_eq!(answer(&other), Answer::Malformed("control_character"));
+        assert_eq!(answer(&ack), Answer::Ack);
+        let nack = response("<Ack>0000</Ack>");
+        assert_eq!(nack.len(), ack.len());
+        assert_eq!(answer(&nack), Answer::Malformed("ack_not_boolean"));
+        // A prefix or a longer answer that starts with it.
+        assert_eq!(answer(&ack), Answer::Ack);
+        assert!(matches!(
+            answer(&ack[..ack.len() - 1]),
+            Answer::Malformed(_)
+        ));
+        let mut longer = ack.clone();
+        longer.extend_from_slice(b"<x/>");
+        assert_eq!(answer(&longer), Answer::Malformed("content_outside_root"));
+        // The same bytes under limits they break are read again, and refused.
+        assert_eq!(answer(&ack), Answer::Ack);
+        let shallow = Limits {
+            max_depth: 3,
+            ..Limits::default()
+        };
+        assert!(matches!(parse_answer(&ack, &shallow), Answer::Malformed(_)));
+        assert_eq!(answer(&ack), Answer::Ack);
+        // A receiver whose answers change is read every time.
+        let padded = response("<Ack> true </Ack>");
+        assert_eq!(answer(&padded), Answer::Ack);
+        assert_eq!(answer(&response("<Ack>false</Ack>")), Answer::Nack);
+        assert_eq!(answer(&ack), Answer::Ack);
     }
 
     #[test]

@@ -258,6 +258,10 @@ async fn session_id_modes_do_what_they_say() {
 async fn only_a_real_ack_from_the_receiver_becomes_200() {
     let e = env().await;
     let body = notification(None);
+    // Acks first: each answer below follows one that the proxy's threads read as an Ack.
+    for _ in 0..4 {
+        assert_eq!(e.p.status(&e.w.salesforce(), "/strip", &body).await, 200);
+    }
     for (behaviour, status, fault) in [
         (Behaviour::Nack, 502, "Ack false"),
         (
