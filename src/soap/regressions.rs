@@ -85,9 +85,46 @@ fn an_xml_declaration_holds_only_version_encoding_and_standalone() {
         r#"<?xml version="1.0"?>"#,
         r#"<?xml version="1.0" encoding="UTF-8"?>"#,
         r#"<?xml version='1.0' encoding='utf-8' standalone="yes" ?>"#,
+        r#"<?xml version = "1.0" standalone='no'?>"#,
     ] {
+        // Refused further on (the envelope is empty), never for its declaration.
         let e = parse(body(ok).as_bytes(), &Limits::default()).unwrap_err();
-        assert!(!matches!(e, XmlError::Declaration { .. }), "{ok}: {e}");
+        assert!(
+            !matches!(
+                e,
+                XmlError::Declaration { .. } | XmlError::Version | XmlError::Encoding { .. }
+            ),
+            "{ok}: {e}"
+        );
+    }
+    // Each pseudo-attribute's value is read as its own.
+    for (decl, refusal) in [
+        (
+            r#"<?xml version="1.1" standalone="yes"?>"#,
+            XmlError::Version,
+        ),
+        (
+            r#"<?xml version="1.0 " encoding="UTF-8"?>"#,
+            XmlError::Version,
+        ),
+        (
+            r#"<?xml version="1.0" encoding="latin1" standalone="no"?>"#,
+            XmlError::Encoding {
+                declared: "latin1".into(),
+            },
+        ),
+        (
+            r#"<?xml version="1.0" encoding=""?>"#,
+            XmlError::Encoding {
+                declared: String::new(),
+            },
+        ),
+    ] {
+        assert_eq!(
+            parse(body(decl).as_bytes(), &Limits::default()).unwrap_err(),
+            refusal,
+            "{decl}"
+        );
     }
     for bad in [
         r#"<?xml version="1.0" encodnng="UTF-8"?>"#,
@@ -95,6 +132,7 @@ fn an_xml_declaration_holds_only_version_encoding_and_standalone() {
         r#"<?xml encoding="UTF-8" version="1.0"?>"#,
         r#"<?xml version="1.0"encoding="UTF-8"?>"#,
         r#"<?xml version="1.0" encoding="&lt;"?>"#,
+        r#"<?xml version="1.0" standalone="yes" encoding="UTF-8"?>"#,
     ] {
         assert!(
             matches!(

@@ -156,6 +156,9 @@ pub(crate) struct Scanner<'i> {
     root_done: bool,
     first_event: bool,
     pending_close: Option<usize>,
+    /// The prefixed attributes of the tag being checked (name, raw value), kept from one tag
+    /// to the next so a body allocates them once.
+    prefixed: Vec<(&'i str, &'i str)>,
 }
 
 impl<'i> Scanner<'i> {
@@ -198,6 +201,7 @@ impl<'i> Scanner<'i> {
             root_done: false,
             first_event: true,
             pending_close: None,
+            prefixed: Vec::new(),
         })
     }
 
@@ -312,18 +316,16 @@ impl<'i> Scanner<'i> {
                     if !first || at != self.base {
                         return Err(XmlError::MisplacedDeclaration { at });
                     }
-                    if !plain_declaration(&decl) {
+                    let Some(declared) = declaration(&decl) else {
                         return Err(XmlError::Declaration { at });
+                    };
+                    if declared.version != "1.0" {
+                        return Err(XmlError::Version);
                     }
-                    match decl.version() {
-                        Ok(v) if &*v == "1.0" => {}
-                        _ => return Err(XmlError::Version),
-                    }
-                    if let Some(enc) = decl.encoding() {
-                        let enc = enc.map_err(|_| malformed(at, "an unreadable encoding"))?;
+                    if let Some(enc) = declared.encoding {
                         if !enc.eq_ignore_ascii_case("UTF-8") {
                             return Err(XmlError::Encoding {
-                                declared: shorten(&enc),
+                                declared: shorten(enc),
                             });
                         }
                     }
@@ -404,7 +406,7 @@ impl<'i> Scanner<'i> {
     }
 
     /// Check the attributes of the element just opened (at `self.depth`), bring its namespace
-    /// declarations into scope and pick out its `xsi:` attributes, in one pass.
+    /// declarations into scope and pick out its `xsi:` attributes, in one pass over them.
     fn check_attributes(
         &mut self,
         tag: &BytesStart<'_>,
@@ -419,9 +421,9 @@ impl<'i> Scanner<'i> {
         }
         let mut count = 0usize;
         // A prefix declared on this tag applies to all its attributes, also those written
-        // before the declaration: if the tag declares any, resolve its attributes again after
-        // the loop (as when a prefix was not yet known).
-        let mut unresolved = false;
+        // before the declaration: prefixed attributes are resolved after the loop, with all
+        // of the tag's declarations in scope.
+        self.prefixed.clear();
         for attr in tag.attributes() {
             let attr = attr.map_err(|e| match e {
                 AttrError::Duplicated(..) => XmlError::DuplicateAttribute { at },
@@ -441,64 +443,46 @@ impl<'i> Scanner<'i> {
                 return Err(malformed(at, "`<` in an attribute value"));
             }
             if let Some(decl) = attr.key.as_namespace_binding() {
-                unresolved |= matches!(decl, PrefixDeclaration::Named(_));
                 self.bind(decl, &attr.value, at)?;
                 continue;
             }
             if attr.value.contains('&') {
                 check_references(&attr.value, at)?;
             }
-            if let Some((_, local)) = attr.key.0.split_once(':') {
-                if local.is_empty() {
-                    return Err(malformed(at, "an attribute name with an empty local part"));
+            match attr.key.0.split_once(':') {
+                Some((_, "")) => {
+                    return Err(malformed(at, "an attribute name with an empty local part"))
                 }
-                match self.attr_ns(attr.key) {
-                    Some(Ns::Xsi) => self.note_xsi(&mut xsi, local, &attr.value),
-                    Some(_) => xsi.other = true,
-                    None => unresolved = true,
+                Some(_) => {
+                    let key = self.in_body(attr.key.0, at)?;
+                    let value = self.in_body(&attr.value, at)?;
+                    self.prefixed.push((key, value));
                 }
-            } else {
-                xsi.other = true;
+                None => xsi.other = true,
             }
         }
-        if unresolved {
-            xsi = XsiAttrs::default();
-            for attr in tag.attributes().with_checks(false).flatten() {
-                if attr.key.as_namespace_binding().is_some() {
-                    continue;
-                }
-                match self.attr_ns(attr.key) {
-                    Some(Ns::Xsi) => {
-                        let local = attr.key.local_name().into_inner();
-                        self.note_xsi(&mut xsi, local, &attr.value)
-                    }
-                    Some(_) => xsi.other = true,
-                    None => {
-                        return Err(XmlError::UndeclaredPrefix {
-                            at,
-                            name: shorten(attr.key.0),
-                        })
-                    }
+        for i in 0..self.prefixed.len() {
+            let (key, value) = self.prefixed[i];
+            let key = QName(key);
+            match self.attr_ns(key) {
+                Some(Ns::Xsi) => note_xsi(&mut xsi, key.local_name().into_inner(), value),
+                Some(_) => xsi.other = true,
+                None => {
+                    return Err(XmlError::UndeclaredPrefix {
+                        at,
+                        name: shorten(key.0),
+                    })
                 }
             }
         }
         Ok(xsi)
     }
 
-    fn note_xsi(&self, xsi: &mut XsiAttrs<'i>, local: &str, value: &str) {
-        let value = trim_xml(value);
-        match local {
-            "nil" => {
-                xsi.nil_attr = true;
-                xsi.nil = matches!(value, "true" | "1");
-            }
-            // Re-slice from the body so the value outlives the tag.
-            "type" => {
-                xsi.type_ =
-                    offset_in(self.body, value).and_then(|o| self.body.get(o..o + value.len()))
-            }
-            _ => xsi.other = true,
-        }
+    /// `part` (a slice of a tag) as a slice of the body, which outlives the tag.
+    fn in_body(&self, part: &str, at: usize) -> Result<&'i str, XmlError> {
+        offset_in(self.body, part)
+            .and_then(|o| self.body.get(o..o + part.len()))
+            .ok_or_else(|| malformed(at, "an attribute the tokenizer did not borrow"))
     }
 
     /// Bring one namespace declaration into scope, refusing what Namespaces in XML 1.0 forbids.
@@ -569,6 +553,19 @@ impl<'i> Scanner<'i> {
     }
 }
 
+/// Note one `xsi:` attribute (its local name and raw value).
+fn note_xsi<'i>(xsi: &mut XsiAttrs<'i>, local: &str, value: &'i str) {
+    let value = trim_xml(value);
+    match local {
+        "nil" => {
+            xsi.nil_attr = true;
+            xsi.nil = matches!(value, "true" | "1");
+        }
+        "type" => xsi.type_ = Some(value),
+        _ => xsi.other = true,
+    }
+}
+
 /// Events from a slice reader borrow the input; anything else would be a quick-xml change.
 fn borrowed(content: Cow<'_, str>, at: usize) -> Result<&str, XmlError> {
     match content {
@@ -577,47 +574,54 @@ fn borrowed(content: Cow<'_, str>, at: usize) -> Result<&str, XmlError> {
     }
 }
 
-/// Whether an XML declaration's content (`xml version="1.0" ...`) holds exactly `version`,
-/// then optionally `encoding` and `standalone`, each with a quoted value free of `<` and `&`.
-/// quick-xml reads the pseudo-attributes it knows and ignores the rest, so an unknown one
-/// could carry markup (a `<SessionId>...`) that a receiver searching the bytes would read.
-fn plain_declaration(raw: &str) -> bool {
+/// The pseudo-attributes of an XML declaration, as written (no reference can be in them).
+struct Declared<'a> {
+    version: &'a str,
+    encoding: Option<&'a str>,
+}
+
+/// An XML declaration's content (`xml version="1.0" ...`) read as XML 1.0 allows it: exactly
+/// `version`, then optionally `encoding` and `standalone`, each with a quoted value free of `<`
+/// and `&`; `None` for anything else. quick-xml reads the pseudo-attributes it knows and ignores
+/// the rest, so an unknown one could carry markup (a `<SessionId>...`) that a receiver
+/// searching the bytes would read.
+fn declaration(raw: &str) -> Option<Declared<'_>> {
     const WS: [char; 4] = [' ', '\t', '\r', '\n'];
-    let Some(mut rest) = raw.strip_prefix("xml") else {
-        return false;
-    };
-    let mut names = Vec::with_capacity(3);
+    let mut rest = raw.strip_prefix("xml")?;
+    let mut pairs: [(&str, &str); 3] = [("", ""); 3];
+    let mut n = 0;
     loop {
         let trimmed = rest.trim_start_matches(WS);
         if trimmed.is_empty() {
             break;
         }
-        if trimmed.len() == rest.len() || names.len() == 3 {
-            return false;
+        if trimmed.len() == rest.len() || n == pairs.len() {
+            return None;
         }
-        let Some((name, after)) = trimmed.split_once('=') else {
-            return false;
-        };
+        let (name, after) = trimmed.split_once('=')?;
         let after = after.trim_start_matches(WS);
-        let Some(quote) = after.chars().next().filter(|q| matches!(q, '"' | '\'')) else {
-            return false;
-        };
-        let Some(len) = after[1..].find(quote) else {
-            return false;
-        };
-        if after[1..1 + len].contains(['<', '&']) {
-            return false;
+        let quote = after.chars().next().filter(|q| matches!(q, '"' | '\''))?;
+        let len = after[1..].find(quote)?;
+        let value = &after[1..1 + len];
+        if value.contains(['<', '&']) {
+            return None;
         }
-        names.push(name.trim_end_matches(WS));
+        pairs[n] = (name.trim_end_matches(WS), value);
+        n += 1;
         rest = &after[len + 2..];
     }
-    matches!(
-        names.as_slice(),
-        ["version"]
-            | ["version", "encoding"]
-            | ["version", "standalone"]
-            | ["version", "encoding", "standalone"]
-    )
+    match pairs[..n] {
+        [("version", version)] | [("version", version), ("standalone", _)] => Some(Declared {
+            version,
+            encoding: None,
+        }),
+        [("version", version), ("encoding", encoding)]
+        | [("version", version), ("encoding", encoding), ("standalone", _)] => Some(Declared {
+            version,
+            encoding: Some(encoding),
+        }),
+        _ => None,
+    }
 }
 
 /// A message fragment that quotes attacker-chosen names: cut to a length that fits in a log line.
