@@ -15,12 +15,18 @@
 //! waited on by the connection loop itself, one byte at a time, so that it holds no HTTP
 //! session; the byte it reads is handed back ([`HeadControl::hold`]) as the next head's first.
 //! Not here: parsing, or any decision about the request.
+//!
+//! On the way out, small writes are gathered until the next flush ([`GATHER`]): pingora
+//! writes an answer's head and its body separately, and each write to the TLS layer is a
+//! record of its own (its own encryption, its own 22 bytes). Gathered, a whole answer is one
+//! record. pingora flushes at the end of every answer, as its own buffered socket needs; the
+//! buffer is let go once written, so an idle connection holds none.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +40,10 @@ use tokio::time::Sleep;
 
 /// No budget: the stream passes through.
 const UNLIMITED: usize = usize::MAX;
+
+/// Writes are gathered up to this many bytes before they go to the TLS layer (an answer's
+/// head and body are a few hundred).
+const GATHER: usize = 4096;
 
 /// Shared between the stream (owned by pingora's session) and the connection loop.
 #[derive(Debug, Default)]
@@ -112,6 +122,9 @@ pub struct HeadLimited<S> {
     epoch: u64,
     /// Armed at the first byte of a head.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Written, not yet passed to `inner` (at most [`GATHER`] bytes; empty and unallocated
+    /// after each flush).
+    gathered: Vec<u8>,
 }
 
 impl<S> HeadLimited<S> {
@@ -128,6 +141,7 @@ impl<S> HeadLimited<S> {
                 state,
                 epoch: 0,
                 deadline: None,
+                gathered: Vec::new(),
             },
             control,
         )
@@ -229,39 +243,66 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadLimited<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> HeadLimited<S> {
+    /// Pass the gathered bytes to `inner`, then let the buffer go.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.gathered.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.gathered))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.gathered.drain(..n);
+        }
+        self.gathered = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Take `buf` into the gathered bytes, if it fits.
+    fn gather(&mut self, buf: &[u8]) -> bool {
+        if self.gathered.len() + buf.len() > GATHER {
+            return false;
+        }
+        if self.gathered.capacity() == 0 {
+            self.gathered.reserve_exact(GATHER);
+        }
+        self.gathered.extend_from_slice(buf);
+        true
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for HeadLimited<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.gather(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        ready!(this.poll_drain(cx))?;
+        if this.gather(buf) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
 #[async_trait]
-impl<S: Shutdown + Send> Shutdown for HeadLimited<S> {
+impl<S: Shutdown + AsyncWrite + Unpin + Send> Shutdown for HeadLimited<S> {
     async fn shutdown(&mut self) {
+        // What was written goes out before the close (best effort, as a shutdown is).
+        let _ = std::future::poll_fn(|cx| self.poll_drain(cx)).await;
         self.inner.shutdown().await
     }
 }
@@ -377,5 +418,80 @@ mod tests {
         assert_eq!(s.read(&mut buf).await.unwrap(), 3, "{:?}", &buf[..3]);
         let err = s.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    /// A writer that records each write it is given, taking at most `max` bytes of each.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+        shut: bool,
+        max: Option<usize>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = self.max.map_or(buf.len(), |m| m.min(buf.len()));
+            self.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            self.shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_written_in_pieces_reaches_the_tls_layer_as_one_write() {
+        let (mut s, _control) = HeadLimited::new(Recorder::default());
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(b"<Ack>").await.unwrap();
+        assert!(s.inner.writes.is_empty(), "held until the flush");
+        s.flush().await.unwrap();
+        assert_eq!(
+            s.inner.writes,
+            [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n<Ack>".to_vec()]
+        );
+        assert_eq!(s.inner.flushes, 1);
+        assert_eq!(
+            s.gathered.capacity(),
+            0,
+            "an idle connection holds no buffer"
+        );
+
+        // A write too large to gather goes straight through, after what was gathered.
+        let big = vec![b'x'; GATHER + 1];
+        s.write_all(b"head").await.unwrap();
+        s.write_all(&big).await.unwrap();
+        assert_eq!(s.inner.writes[1..], [b"head".to_vec(), big]);
+    }
+
+    #[tokio::test]
+    async fn gathered_bytes_survive_short_writes_and_go_out_before_a_shutdown() {
+        let (mut s, _control) = HeadLimited::new(Recorder {
+            max: Some(3),
+            ..Recorder::default()
+        });
+        s.write_all(b"abcdefgh").await.unwrap();
+        s.write_all(b"ij").await.unwrap();
+        s.shutdown().await.unwrap();
+        assert_eq!(s.inner.writes.concat(), b"abcdefghij");
+        assert_eq!(s.inner.writes.len(), 4, "3 + 3 + 3 + 1 bytes");
+        assert!(s.inner.shut);
     }
 }
