@@ -482,7 +482,7 @@ impl<'i> Scanner<'i> {
     fn in_body(&self, part: &str, at: usize) -> Result<&'i str, XmlError> {
         offset_in(self.body, part)
             .and_then(|o| self.body.get(o..o + part.len()))
-            .ok_or_else(|| malformed(at, "an attribute the tokenizer did not borrow"))
+            .ok_or_else(|| malformed(at, "a name or value the tokenizer did not borrow"))
     }
 
     /// Bring one namespace declaration into scope, refusing what Namespaces in XML 1.0 forbids.
@@ -522,9 +522,7 @@ impl<'i> Scanner<'i> {
         // Keep the prefix as a slice of the body, which outlives the tag.
         let prefix = match prefix {
             "" => "",
-            p => offset_in(self.body, p)
-                .and_then(|o| self.body.get(o..o + p.len()))
-                .ok_or_else(|| malformed(at, "a declaration the tokenizer did not borrow"))?,
+            p => self.in_body(p, at)?,
         };
         self.bindings.push(Binding {
             prefix,
