@@ -1,6 +1,6 @@
 //! The decisions for one message, stage by stage. `proxy` reads the request head off the
 //! connection and writes the answer; everything between is here, with the outside world behind
-//! traits ([`Deliver`] for the receiver, [`Body`] for the request body, [`Clock`], and the
+//! traits ([`Deliver`] for the receiver, [`Request`] for the request, [`Clock`], and the
 //! route's [`crate::token::TokenProvider`]), so any combination of route, identity, policy,
 //! session mode and receiver outcome can be tested in process.
 //!
@@ -11,7 +11,7 @@
 //! identity: validity, rule      403
 //! intake::check_message_head    405 / 415 / 413 (declared length)
 //! in-flight slot                503
-//! Body::read                    413 / 408 / 400, one deadline
+//! Request::read_body            413 / 408 / 400, one deadline
 //! soap::parse                   400
 //! policy::check                 400 / 403 (ids, org, action, session id)
 //! queued route:
@@ -61,11 +61,17 @@ impl Deliver for Receivers {
     }
 }
 
-/// The request body, read only once the head has passed every check.
+/// The request as it arrives: its head at once, its body only once the head has passed every
+/// check. The head is borrowed from where it was read, never copied: the pipeline is done with
+/// it before it asks for the body.
 #[async_trait]
-pub trait Body: Send {
+pub trait Request: Send {
+    /// The head as read off the connection.
+    fn head(&self) -> &RequestHeader;
+    /// The raw head named both Content-Length and Transfer-Encoding (pingora keeps only one).
+    fn raw_length_conflict(&self) -> bool;
     /// The whole body, at most `max` bytes, within `deadline`.
-    async fn read(&mut self, max: usize, deadline: Duration) -> Result<Bytes, Refusal>;
+    async fn read_body(&mut self, max: usize, deadline: Duration) -> Result<Bytes, Refusal>;
 }
 
 /// Wall-clock time, for the certificate validity check.
@@ -94,28 +100,20 @@ pub struct Outside<'a> {
     pub queued: &'a tokio::sync::Notify,
 }
 
-/// The request head as read off the connection.
-pub struct Head<'a> {
-    pub req: &'a RequestHeader,
-    /// The raw head named both Content-Length and Transfer-Encoding (pingora keeps only one).
-    pub raw_length_conflict: bool,
-}
-
 /// Run one message through every stage. `Ok` means Salesforce gets an Ack, and says why. `facts`
 /// collects what the record stage needs; `facts.body_read` says whether the body was consumed
 /// (if not, the connection cannot be reused).
 pub async fn run(
     out: &Outside<'_>,
     gen: &Generation,
-    head: &Head<'_>,
-    body: &mut dyn Body,
+    request: &mut dyn Request,
     f: &mut Facts,
 ) -> Result<Accepted, Rejection> {
     let config = &gen.config;
-    let req = head.req;
-    if head.raw_length_conflict {
+    if request.raw_length_conflict() {
         return Err(Refusal::AmbiguousLength.into());
     }
+    let req = request.head();
     intake::check_framing(req, &config.limits)?;
     let state = gen
         .route(intake::path(req))
@@ -154,8 +152,8 @@ pub async fn run(
     let _slot = gen
         .begin(&state, out.inflight_total)
         .ok_or(Failure::Overloaded)?;
-    let body = body
-        .read(route.message.max_body_bytes, config.timeouts.request_body)
+    let body = request
+        .read_body(route.message.max_body_bytes, config.timeouts.request_body)
         .await?;
     f.body_read = true;
 

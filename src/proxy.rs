@@ -37,7 +37,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use tracing::Instrument;
 
 use crate::accept::{
@@ -374,13 +374,6 @@ impl Listener {
         let rt = &self.rt;
         let mut facts = Facts::new(new_request_id(), origin.clone(), identity.clone());
         let span = tracing::info_span!("request", request_id = %facts.request_id);
-        let raw_length_conflict = intake::raw_length_conflict(s);
-        // A copy: the body is read from the same session while the head is in use.
-        let req = s.req_header().clone();
-        let head = pipeline::Head {
-            req: &req,
-            raw_length_conflict,
-        };
         let out = pipeline::Outside {
             receiver: &rt.receivers,
             clock: &pipeline::SystemClock,
@@ -388,11 +381,11 @@ impl Listener {
             store: rt.store.as_deref(),
             queued: &rt.queued,
         };
-        let mut body = SessionBody(s);
+        let mut request = SessionRequest(s);
         // A panic anywhere in the pipeline still ends in a fault, a metric and an audit line
         // (and the connection is closed: its state is unknown).
         let outcome = std::panic::AssertUnwindSafe(
-            pipeline::run(&out, gen, &head, &mut body, &mut facts).instrument(span.clone()),
+            pipeline::run(&out, gen, &mut request, &mut facts).instrument(span.clone()),
         )
         .catch_unwind()
         .await;
@@ -448,12 +441,24 @@ impl Answered {
     }
 }
 
-/// The request body, read from pingora's session for the pipeline.
-struct SessionBody<'s>(&'s mut ServerSession);
+/// The request as pingora's session holds it, for the pipeline.
+struct SessionRequest<'s>(&'s mut ServerSession);
 
 #[async_trait]
-impl pipeline::Body for SessionBody<'_> {
-    async fn read(&mut self, max: usize, deadline: std::time::Duration) -> Result<Bytes, Refusal> {
+impl pipeline::Request for SessionRequest<'_> {
+    fn head(&self) -> &RequestHeader {
+        self.0.req_header()
+    }
+
+    fn raw_length_conflict(&self) -> bool {
+        intake::raw_length_conflict(self.0)
+    }
+
+    async fn read_body(
+        &mut self,
+        max: usize,
+        deadline: std::time::Duration,
+    ) -> Result<Bytes, Refusal> {
         intake::read_body(self.0, max, deadline).await
     }
 }

@@ -86,10 +86,24 @@ enum FakeBody {
     Fails(fn() -> Refusal),
 }
 
+/// A request made of a head and a body; its raw head never names two lengths.
+struct FakeRequest {
+    head: RequestHeader,
+    body: FakeBody,
+}
+
 #[async_trait]
-impl Body for FakeBody {
-    async fn read(&mut self, max: usize, _deadline: Duration) -> Result<Bytes, Refusal> {
-        match self {
+impl Request for FakeRequest {
+    fn head(&self) -> &RequestHeader {
+        &self.head
+    }
+
+    fn raw_length_conflict(&self) -> bool {
+        false
+    }
+
+    async fn read_body(&mut self, max: usize, _deadline: Duration) -> Result<Bytes, Refusal> {
+        match &self.body {
             FakeBody::Bytes(b) if b.len() > max => Err(Refusal::BodyTooLarge(max)),
             FakeBody::Bytes(b) => Ok(Bytes::from(b.clone())),
             FakeBody::Fails(f) => Err(f()),
@@ -273,7 +287,7 @@ async fn send_from(
     w: &World,
     recv: &FakeReceiver,
     req: RequestHeader,
-    mut body: FakeBody,
+    body: FakeBody,
     origin: Origin,
     ident: Arc<PeerIdentity>,
 ) -> Outcome {
@@ -285,11 +299,8 @@ async fn send_from(
         queued: &w.queued,
     };
     let mut facts = Facts::new("test".into(), origin, ident);
-    let head = Head {
-        req: &req,
-        raw_length_conflict: false,
-    };
-    let result = run(&out, &w.gen, &head, &mut body, &mut facts).await;
+    let mut request = FakeRequest { head: req, body };
+    let result = run(&out, &w.gen, &mut request, &mut facts).await;
     Outcome { result, facts }
 }
 
