@@ -466,12 +466,16 @@ impl pipeline::Request for SessionRequest<'_> {
 async fn write(s: &mut ServerSession, reply: &Reply) -> pingora_core::Result<()> {
     let mut h = ResponseHeader::build(reply.status, Some(3))?;
     h.insert_header("Content-Type", "text/xml; charset=utf-8")?;
-    h.insert_header("Content-Length", reply.body.len().to_string())?;
+    h.insert_header(
+        "Content-Length",
+        itoa::Buffer::new().format(reply.body.len()),
+    )?;
     s.write_response_header(Box::new(h)).await?;
     s.write_response_body(reply.body.clone(), true).await?;
     Ok(())
 }
 
+/// 16 random hex digits.
 fn new_request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    hex::encode(rand::random::<u64>().to_be_bytes())
 }

@@ -287,6 +287,9 @@ pub struct Upstream {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// The Host header's value: the host (an IPv6 address in brackets), with `:port` unless
+    /// it is the scheme's default.
+    pub authority: String,
     /// Path and query sent in the request line.
     pub path_and_query: String,
     /// CAs for an https upstream; `None` means the system roots.

@@ -212,6 +212,18 @@ fn build_upstream(
     let port = url
         .port_or_known_default()
         .unwrap_or(if tls { 443 } else { 80 });
+    let authority = {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        if port == if tls { 443 } else { 80 } {
+            host
+        } else {
+            format!("{host}:{port}")
+        }
+    };
     let mut path_and_query = url.path().to_string();
     if let Some(q) = url.query() {
         path_and_query.push('?');
@@ -266,6 +278,7 @@ fn build_upstream(
         tls,
         host,
         port,
+        authority,
         path_and_query,
         ca,
         trust_key,

@@ -159,6 +159,7 @@ fn a_minimal_configuration_loads_with_every_default() {
     assert_eq!(r.path, "/obm/a");
     assert_eq!(r.upstream.host, "10.0.0.5");
     assert_eq!(r.upstream.port, 8080);
+    assert_eq!(r.upstream.authority, "10.0.0.5:8080");
     assert_eq!(r.upstream_timeout, Duration::from_secs(30));
     assert!(!r.upstream_keepalive);
     assert_eq!(r.max_inflight, 256);
@@ -179,6 +180,22 @@ fn a_minimal_configuration_loads_with_every_default() {
             .any(|w| w.starts_with("/cfg/policies/a.toml: identity: no [identity] rule")),
         "{warnings:?}"
     );
+}
+
+#[test]
+fn the_host_header_names_the_port_only_when_it_is_not_the_schemes_default() {
+    for (url, authority) in [
+        ("http://rcv.example/soap", "rcv.example"),
+        ("http://rcv.example:443/soap", "rcv.example:443"),
+        ("https://rcv.example:443/soap", "rcv.example"),
+        ("https://rcv.example:8443/soap", "rcv.example:8443"),
+        ("http://[::1]/soap", "[::1]"),
+        ("https://[2001:db8::5]:8443/soap", "[2001:db8::5]:8443"),
+    ] {
+        let text = route_toml("a", "/obm/a", "").replace("http://10.0.0.5:8080/soap", url);
+        let c = ok(&world(&proxy_toml(""), &[("a.toml", text)]));
+        assert_eq!(route(&c, "a").upstream.authority, authority, "{url}");
+    }
 }
 
 #[test]

@@ -332,20 +332,16 @@ impl Receivers {
     /// value is checked as an HTTP field value (no CR, LF or NUL can split the head).
     fn request_head(&self, d: &Delivery<'_>, keepalive: bool) -> Result<Vec<u8>, Failure> {
         let up = &d.route.upstream;
-        let default_port = if up.tls { 443 } else { 80 };
-        let host = match (up.port == default_port, up.host.contains(':')) {
-            (true, false) => up.host.clone(),
-            (true, true) => format!("[{}]", up.host),
-            (false, false) => format!("{}:{}", up.host, up.port),
-            (false, true) => format!("[{}]:{}", up.host, up.port),
-        };
-        let length = d.body.len().to_string();
+        let mut length = itoa::Buffer::new();
         let bearer = d.bearer.map(|t| format!("Bearer {t}"));
         let fields: [(&str, Option<&[u8]>); 8] = [
-            ("Host", Some(host.as_bytes())),
+            ("Host", Some(up.authority.as_bytes())),
             ("Content-Type", Some(b"text/xml; charset=UTF-8")),
             ("SOAPAction", Some(d.soap_action.unwrap_or(b"\"\""))),
-            ("Content-Length", Some(length.as_bytes())),
+            (
+                "Content-Length",
+                Some(length.format(d.body.len()).as_bytes()),
+            ),
             ("X-Forwarded-For", d.client_ip.map(str::as_bytes)),
             ("X-Request-Id", Some(d.request_id.as_bytes())),
             ("Connection", (!keepalive).then_some(b"close".as_slice())),
