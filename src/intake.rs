@@ -22,13 +22,21 @@ pub fn path(req: &RequestHeader) -> &str {
     req.uri.path()
 }
 
-/// Whether the raw request head names a header (case-insensitive, at a line start).
-fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
-    raw.split(|b| *b == b'\n').skip(1).any(|line| {
+/// Which of Content-Length and Transfer-Encoding the raw request head names (case-insensitive,
+/// at the start of a line after the request line), in one pass over its line starts.
+fn raw_length_headers(raw: &[u8]) -> (bool, bool) {
+    let names = |line: &[u8], name: &[u8]| {
         line.len() > name.len()
             && line[..name.len()].eq_ignore_ascii_case(name)
             && line[name.len()] == b':'
-    })
+    };
+    let (mut content_length, mut transfer_encoding) = (false, false);
+    for newline in memchr::memchr_iter(b'\n', raw) {
+        let line = &raw[newline + 1..];
+        content_length |= names(line, b"content-length");
+        transfer_encoding |= names(line, b"transfer-encoding");
+    }
+    (content_length, transfer_encoding)
 }
 
 /// pingora drops Content-Length when Transfer-Encoding is also present, so look at the head as
@@ -36,10 +44,7 @@ fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
 /// pipeline refuses it).
 pub fn raw_length_conflict(session: &ServerSession) -> bool {
     match session {
-        ServerSession::H1(h1) => {
-            let raw = h1.get_headers_raw_bytes();
-            raw_has_header(&raw, b"content-length") && raw_has_header(&raw, b"transfer-encoding")
-        }
+        ServerSession::H1(h1) => raw_length_headers(&h1.get_headers_raw_bytes()) == (true, true),
         _ => false,
     }
 }
@@ -178,12 +183,17 @@ mod tests {
     #[test]
     fn finds_headers_in_the_raw_head_case_insensitively() {
         let raw = b"POST / HTTP/1.1\r\nHost: x\r\ncontent-LENGTH: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(raw_has_header(raw, b"content-length"));
-        assert!(raw_has_header(raw, b"transfer-encoding"));
+        assert_eq!(raw_length_headers(raw), (true, true));
+        let first = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nHost: x\r\n\r\n";
+        assert_eq!(raw_length_headers(first), (false, true));
+        let last = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:5";
+        assert_eq!(raw_length_headers(last), (true, false));
         let in_path = b"POST /content-length: HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert!(!raw_has_header(in_path, b"content-length"));
-        let prefixed = b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n";
-        assert!(!raw_has_header(prefixed, b"content-length"));
+        assert_eq!(raw_length_headers(in_path), (false, false));
+        let prefixed = b"POST / HTTP/1.1\r\nX-Content-Length: 5\r\nX: transfer-encoding: a\r\n\r\n";
+        assert_eq!(raw_length_headers(prefixed), (false, false));
+        let bare = b"POST / HTTP/1.1\r\nContent-Length\r\nTransfer-Encoding\n:\r\n\r\n";
+        assert_eq!(raw_length_headers(bare), (false, false));
     }
 
     #[test]
