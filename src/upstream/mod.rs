@@ -182,19 +182,18 @@ impl Receivers {
         d: &Delivery<'_>,
         report: &mut Report,
     ) -> Result<(), Attempt> {
-        let peer = peer.clone();
         let key = peer.reuse_hash();
         let keepalive = d.route.upstream_keepalive
             && !self.distrusted.read().is_ok_and(|set| set.contains(&key));
         let mut stream = self
-            .stream(&peer, keepalive, d, report)
+            .stream(peer, key, keepalive, d, report)
             .await
             .map_err(Connect)?;
         let head = self.request_head(d, keepalive).map_err(Sent)?;
         self.send(&mut stream, &head, &d.body, d.route)
             .await
             .map_err(Sent)?;
-        let mut s = HttpSession::new_with_options(stream, &peer);
+        let mut s = HttpSession::new_with_options(stream, peer);
         s.read_timeout = Some(d.route.upstream_timeout);
         s.write_timeout = Some(d.route.upstream_timeout);
         let verdict = self.answer(&mut s, d, report).await;
@@ -238,9 +237,11 @@ impl Receivers {
     }
 
     /// A connection to write a request on: a pooled one that is provably quiet, or a new one.
+    /// `key` is the peer's reuse hash: the pool's key.
     async fn stream(
         &self,
         peer: &HttpPeer,
+        key: u64,
         keepalive: bool,
         d: &Delivery<'_>,
         report: &mut Report,
@@ -254,7 +255,7 @@ impl Receivers {
         if keepalive {
             // Bounded: each pass takes one connection out of the pool for good.
             for _ in 0..4 {
-                let Some(mut stream) = self.idle_pool.take(peer.reuse_hash()) else {
+                let Some(mut stream) = self.idle_pool.take(key) else {
                     break;
                 };
                 match quiet(&mut stream) {
@@ -264,7 +265,7 @@ impl Receivers {
                         tracing::warn!(route = %d.route.name, "the receiver sent bytes on an idle connection that no request asked for (an unsolicited answer); the connection is dropped and this receiver gets no more reused connections");
                         report.unsolicited = true;
                         if let Ok(mut set) = self.distrusted.write() {
-                            set.insert(peer.reuse_hash());
+                            set.insert(key);
                         }
                         break;
                     }
