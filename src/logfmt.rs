@@ -159,11 +159,11 @@ impl Visit for Line<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |w| write!(w, "{value}"));
+        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -318,6 +318,8 @@ mod tests {
                 upstream_status = 0u16,
                 ok = true,
                 delta = -3i64,
+                most = u64::MAX,
+                least = i64::MIN,
                 duration_ms = 121.5f64,
                 "request"
             );
@@ -333,7 +335,7 @@ mod tests {
             rest.trim_start(),
             "INFO request{request_id=e04ae45fe46fc1b6}: obmguard::logfmt::tests: request \
              route=\"obm\" peer=127.0.0.1:55668 status=200 upstream_status=0 ok=true delta=-3 \
-             duration_ms=121.5"
+             most=18446744073709551615 least=-9223372036854775808 duration_ms=121.5"
         );
     }
 
