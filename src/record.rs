@@ -211,29 +211,39 @@ const SUBJECT_MAX: usize = 256;
 /// Longest id recorded when it is not a valid id (a valid one is 15 or 18 characters).
 const ID_MAX: usize = 24;
 
-/// An id as recorded: as sent when it is a valid Salesforce id, else sanitised and cut short.
+/// An id as recorded: as sent when it is a valid Salesforce id (or any other short run of
+/// letters and digits), else sanitised and cut short.
 fn id(raw: &str) -> String {
-    match crate::sfid::SfId::parse(raw) {
-        Ok(_) => raw.to_owned(),
-        Err(_) => sanitize(raw, ID_MAX),
-    }
+    sanitize(raw, ID_MAX)
 }
 
 /// A sender-chosen value made safe for a log line or an audit field: at most `max` characters
 /// of a plain set (letters, digits and `.-_:/@=,+ `), anything else as `?`, and `…` plus the
 /// original length in bytes when it was cut.
 pub fn sanitize(raw: &str, max: usize) -> String {
+    // The usual case, an id or a type name already plain and short, is kept in one pass over
+    // its bytes (an ASCII character is one byte, so `len` counts its characters).
+    if raw.len() <= max && raw.bytes().all(|b| is_plain(char::from(b))) {
+        return raw.to_owned();
+    }
+    sanitize_chars(raw, max)
+}
+
+fn sanitize_chars(raw: &str, max: usize) -> String {
     let mut out = String::with_capacity(raw.len().min(max) + 16);
     for (n, c) in raw.chars().enumerate() {
         if n == max {
             out.push_str(&format!("…({} bytes)", raw.len()));
             return out;
         }
-        let plain = c.is_ascii_alphanumeric()
-            || matches!(c, '.' | '-' | '_' | ':' | '/' | '@' | '=' | ',' | '+' | ' ');
-        out.push(if plain { c } else { '?' });
+        out.push(if is_plain(c) { c } else { '?' });
     }
     out
+}
+
+fn is_plain(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(c, '.' | '-' | '_' | ':' | '/' | '@' | '=' | ',' | '+' | ' ')
 }
 
 #[cfg(test)]
@@ -243,6 +253,27 @@ mod tests {
     #[test]
     fn sender_values_are_bounded_and_plain() {
         assert_eq!(id("00D5e000000AbCdEAK"), "00D5e000000AbCdEAK");
+        for raw in [
+            "00D5e000000AbCdEAK",
+            "00D5e000000AbCdEAA",
+            "00D5e000000AbCd",
+            "",
+            "A".repeat(24).as_str(),
+            "A".repeat(25).as_str(),
+            "00D5e000000AbCd\u{e9}AK",
+            "sf:Account_Custom__c",
+            "CN=a, O=b+c/d@e",
+            "x\ny\u{7f}",
+            "é".repeat(30).as_str(),
+        ] {
+            for max in [0, 5, 15, 24, 80] {
+                assert_eq!(
+                    sanitize(raw, max),
+                    sanitize_chars(raw, max),
+                    "{raw:?} {max}"
+                );
+            }
+        }
         let huge = "A".repeat(900_000);
         let cut = id(&huge);
         assert!(cut.len() < 64, "{cut}");
