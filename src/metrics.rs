@@ -294,8 +294,8 @@ pub struct GaugeGuard(IntGauge);
 #[derive(Clone)]
 pub struct RouteMetrics {
     requests: [IntCounter; outcome::ALL.len()],
-    rejections: std::collections::HashMap<&'static str, IntCounter>,
-    session_ids: std::collections::HashMap<&'static str, IntCounter>,
+    rejections: crate::FastMap<&'static str, IntCounter>,
+    session_ids: crate::FastMap<&'static str, IntCounter>,
     inflight: IntGauge,
     upstream: prometheus::Histogram,
     overhead: prometheus::Histogram,

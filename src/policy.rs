@@ -76,14 +76,13 @@ pub fn check(msg: &Message, policy: &MessagePolicy) -> Result<Plan, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
 
     const ORG18: &str = "00D5e000000AbCdEAK";
     const ORG15: &str = "00D5e000000AbCd";
 
     fn policy(mode: SessionMode, actions: Option<&[&str]>) -> MessagePolicy {
         MessagePolicy {
-            organizations: HashSet::from([SfId::parse(ORG15).unwrap()]),
+            organizations: [SfId::parse(ORG15).unwrap()].into_iter().collect(),
             actions: actions.map(|a| a.iter().map(|s| SfId::parse(s).unwrap()).collect()),
             max_body_bytes: 1 << 20,
             session_id: mode,

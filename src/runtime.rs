@@ -7,7 +7,7 @@
 //! addresses, threads, the admin listener, the audit file, pool sizes) are read at start;
 //! a reload that changes them logs that a restart is needed.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ pub struct Generation {
     pub number: u64,
     pub config: Arc<Config>,
     /// Each route's state, by path.
-    routes: HashMap<String, Arc<RouteState>>,
+    routes: FastMap<String, Arc<RouteState>>,
 }
 
 /// What a route needs at run time, built once per policy generation: its metric handles, its
@@ -59,7 +59,7 @@ impl Generation {
         tokens: TokenFactory<'_>,
         metrics: &Metrics,
     ) -> Generation {
-        let mut routes = HashMap::new();
+        let mut routes = FastMap::default();
         for r in config.routes.iter() {
             let previous = old.and_then(|o| o.by_name(&r.name));
             let tokens = r.oauth.as_ref().map(tokens);

@@ -35,7 +35,8 @@ mod tests;
 mod timeouts;
 mod trust;
 
-use std::collections::{HashMap, HashSet};
+use crate::FastSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -302,9 +303,9 @@ pub struct Upstream {
 
 #[derive(Debug)]
 pub struct MessagePolicy {
-    pub organizations: HashSet<SfId>,
+    pub organizations: FastSet<SfId>,
     /// `None`: any action.
-    pub actions: Option<HashSet<SfId>>,
+    pub actions: Option<FastSet<SfId>>,
     pub max_body_bytes: usize,
     pub session_id: SessionMode,
     pub xml: XmlLimits,

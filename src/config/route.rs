@@ -1,7 +1,7 @@
 //! A route policy file: its top-level keys (name, path, receiver, limits), `[identity]`,
 //! its own `[source]`, and `[message]`. `[oauth]` is in oauth.rs.
 
-use std::collections::HashSet;
+use crate::FastSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -291,8 +291,8 @@ fn sfids(
     list: &[S<String>],
     prefix: &str,
     what: &str,
-) -> HashSet<SfId> {
-    let mut out = HashSet::new();
+) -> FastSet<SfId> {
+    let mut out = FastSet::default();
     for (i, v) in list.iter().enumerate() {
         match SfId::parse(v.get_ref().trim()) {
             Ok(id) => {
@@ -328,7 +328,7 @@ fn build_message(d: &mut FileDiag, rf: &file::RouteFile) -> MessagePolicy {
         ),
         other => {
             d.error(other.as_ref().map(span).unwrap_or(span(&rf.message)), "message.organization_ids", "required and non-empty: Salesforce's IP ranges are shared by all its customers, so the organization id is what tells your org from another; copy it from Setup > Company Information");
-            HashSet::new()
+            FastSet::default()
         }
     };
     let actions = (!m.action_ids.is_empty()).then(|| {

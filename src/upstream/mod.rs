@@ -26,7 +26,8 @@
 
 mod pool;
 
-use std::collections::{HashMap, HashSet};
+use crate::FastSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -96,7 +97,7 @@ pub struct Receivers {
     max_response: usize,
     /// Receivers (by pool key) that once left an unsolicited answer on a connection: they get
     /// a fresh connection per message from then on.
-    distrusted: RwLock<HashSet<u64>>,
+    distrusted: RwLock<FastSet<u64>>,
     /// Resolved receiver addresses by (host, port), with when they were resolved.
     dns: RwLock<HashMap<(String, u16), Resolved>>,
     /// Per route: how many failure warnings may be logged (a receiver that is down fails
@@ -120,7 +121,7 @@ impl Receivers {
             connect_timeout,
             idle: limits.upstream_idle,
             max_response: limits.max_response_bytes,
-            distrusted: RwLock::new(HashSet::new()),
+            distrusted: RwLock::new(FastSet::default()),
             dns: RwLock::new(HashMap::new()),
             warnings: std::sync::Mutex::new(HashMap::new()),
         }

@@ -10,7 +10,7 @@
 //!   sweep every [`SWEEP`], so a receiver that closes an idle connection does not leave it
 //!   half-closed here for long.
 
-use std::collections::HashMap;
+use crate::FastMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ pub struct IdlePool {
 #[derive(Default)]
 struct State {
     /// Per key, oldest first.
-    by_key: HashMap<u64, Vec<(Instant, Stream)>>,
+    by_key: FastMap<u64, Vec<(Instant, Stream)>>,
     total: usize,
     sweeping: bool,
 }
