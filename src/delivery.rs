@@ -455,9 +455,9 @@ impl Attempt<'_> {
         took: Duration,
     ) {
         let rec = AuditRecord {
-            time: audit::timestamp(SystemTime::now()),
-            request_id: m.request_id.clone(),
-            route: state.route.name.clone(),
+            time: audit::timestamp(SystemTime::now()).into(),
+            request_id: m.request_id.as_str().into(),
+            route: state.route.name.as_str().into(),
             peer: "-".into(),
             client_ip: "-".into(),
             client_cert_sha256: None,
@@ -465,17 +465,20 @@ impl Attempt<'_> {
             // As the request's record has it (Salesforce sends the 18-character form).
             organization_id: Some(
                 crate::sfid::SfId::parse(&m.organization_id)
-                    .map(|o| o.to_18())
-                    .unwrap_or_else(|_| m.organization_id.clone()),
+                    .map_or_else(|_| m.organization_id.as_str().into(), |o| o.to_18().into()),
             ),
-            action_id: Some(m.action_id.clone()),
-            notification_ids: m.notification_ids.clone(),
+            action_id: Some(m.action_id.as_str().into()),
+            notification_ids: m
+                .notification_ids
+                .iter()
+                .map(|n| n.as_str().into())
+                .collect(),
             sobject_types: Vec::new(),
             session_id: SessionIdSeen::Unknown,
             session_action: None,
-            mode: Some(state.route.message.session_id.as_str().to_string()),
-            decision: decision.to_string(),
-            reason: reason.map(str::to_string),
+            mode: Some(state.route.message.session_id.as_str().into()),
+            decision: decision.into(),
+            reason: reason.map(Into::into),
             upstream_status: None,
             ack: Some(decision == decision::DELIVERED),
             duration_ms: took.as_secs_f64() * 1000.0,

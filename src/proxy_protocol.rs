@@ -192,7 +192,7 @@ fn parse_v2(bytes: &[u8]) -> Result<Proxied, HeaderError> {
         if tlv.kind == TLV_AWS {
             if let Some((&AWS_VPCE_ID, id)) = tlv.value.split_first() {
                 let id = String::from_utf8_lossy(id);
-                vpce_id = Some(crate::record::sanitize(&id, VPCE_ID_MAX));
+                vpce_id = Some(crate::record::sanitize(&id, VPCE_ID_MAX).into_owned());
             }
         }
     }

@@ -8,6 +8,7 @@
 //! (`obmguard_audit_write_failures_total`) but does not change the answer already decided:
 //! refusing a message the receiver has accepted would only make Salesforce deliver it again.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -153,13 +154,13 @@ pub fn write(audit_log: &AuditLog, f: &Facts, c: &Counted, status: u16) {
     let msg = f.message.as_ref();
     let org = msg.map(|m| id(&m.organization_id));
     let rec = AuditRecord {
-        time: audit::timestamp(SystemTime::now()),
-        request_id: f.request_id.clone(),
-        route: route.to_string(),
-        peer: f.origin.peer.text().to_owned(),
-        client_ip: f.client_ip.text().to_owned(),
-        vpce_id: f.origin.vpce_id.clone(),
-        client_cert_sha256: Some(f.identity.sha256_hex.clone()),
+        time: audit::timestamp(SystemTime::now()).into(),
+        request_id: f.request_id.as_str().into(),
+        route: route.into(),
+        peer: f.origin.peer.text().into(),
+        client_ip: f.client_ip.text().into(),
+        vpce_id: f.origin.vpce_id.as_deref().map(Cow::from),
+        client_cert_sha256: Some(f.identity.sha256_hex.as_str().into()),
         client_cert_subject: Some(sanitize(&f.identity.subject, SUBJECT_MAX)),
         organization_id: org.clone(),
         action_id: msg.map(|m| id(&m.action_id)),
@@ -175,10 +176,10 @@ pub fn write(audit_log: &AuditLog, f: &Facts, c: &Counted, status: u16) {
             })
             .unwrap_or_default(),
         session_id: seen(msg),
-        session_action: action.map(str::to_string),
-        mode: state.map(|r| r.route.message.session_id.as_str().to_string()),
-        decision: decision.to_string(),
-        reason: reason.map(str::to_string),
+        session_action: action.map(Cow::from),
+        mode: state.map(|r| r.route.message.session_id.as_str().into()),
+        decision: decision.into(),
+        reason: reason.map(Cow::from),
         upstream_status: f.upstream.as_ref().and_then(|u| u.status),
         ack: f.upstream.as_ref().and_then(|u| u.ack),
         duration_ms: total.as_secs_f64() * 1000.0,
@@ -213,20 +214,20 @@ const ID_MAX: usize = 24;
 
 /// An id as recorded: as sent when it is a valid Salesforce id (or any other short run of
 /// letters and digits), else sanitised and cut short.
-fn id(raw: &str) -> String {
+fn id(raw: &str) -> Cow<'_, str> {
     sanitize(raw, ID_MAX)
 }
 
 /// A sender-chosen value made safe for a log line or an audit field: at most `max` characters
 /// of a plain set (letters, digits and `.-_:/@=,+ `), anything else as `?`, and `…` plus the
 /// original length in bytes when it was cut.
-pub fn sanitize(raw: &str, max: usize) -> String {
-    // The usual case, an id or a type name already plain and short, is kept in one pass over
-    // its bytes (an ASCII character is one byte, so `len` counts its characters).
+pub fn sanitize(raw: &str, max: usize) -> Cow<'_, str> {
+    // The usual case, an id or a type name already plain and short, is kept as it is after one
+    // pass over its bytes (an ASCII character is one byte, so `len` counts its characters).
     if raw.len() <= max && raw.bytes().all(|b| is_plain(char::from(b))) {
-        return raw.to_owned();
+        return Cow::Borrowed(raw);
     }
-    sanitize_chars(raw, max)
+    Cow::Owned(sanitize_chars(raw, max))
 }
 
 fn sanitize_chars(raw: &str, max: usize) -> String {
