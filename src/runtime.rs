@@ -7,7 +7,6 @@
 //! addresses, threads, the admin listener, the audit file, pool sizes) are read at start;
 //! a reload that changes them logs that a restart is needed.
 
-use crate::FastMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use crate::metrics::{cert_kind, Metrics, RouteMetrics};
 use crate::tls::TlsStage;
 use crate::token::{FetchOutcome, TokenBroker, TokenProvider};
 use crate::upstream::Receivers;
+use crate::FastMap;
 
 /// One validated policy set and what belongs to it.
 pub struct Generation {

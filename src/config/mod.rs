@@ -35,7 +35,6 @@ mod tests;
 mod timeouts;
 mod trust;
 
-use crate::FastSet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +50,7 @@ pub use ranges::IpSet;
 pub use trust::{parse_pin, BadPin};
 
 use crate::sfid::SfId;
+use crate::FastSet;
 
 /// A whole, validated configuration: what one policy generation enforces.
 #[derive(Debug)]

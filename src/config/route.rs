@@ -1,7 +1,6 @@
 //! A route policy file: its top-level keys (name, path, receiver, limits), `[identity]`,
 //! its own `[source]`, and `[message]`. `[oauth]` is in oauth.rs.
 
-use crate::FastSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +14,7 @@ use super::trust::pins;
 use super::{IdentityPolicy, IpSet, MessagePolicy, Route, SessionMode, Upstream, XmlLimits};
 use crate::certs::{self, CertError};
 use crate::sfid::SfId;
+use crate::FastSet;
 
 /// What routes share: `@salesforce`, the global `[source] allow` and `[limits]`'s default.
 pub(super) struct RouteCtx<'a> {
@@ -209,16 +209,16 @@ fn build_upstream(
         );
         return None;
     };
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
+    let default_port = if tls { 443 } else { 80 };
+    let port = url.port_or_known_default().unwrap_or(default_port);
+    // The Host header's value.
     let authority = {
         let host = if host.contains(':') {
             format!("[{host}]")
         } else {
             host.clone()
         };
-        if port == if tls { 443 } else { 80 } {
+        if port == default_port {
             host
         } else {
             format!("{host}:{port}")

@@ -26,7 +26,6 @@
 
 mod pool;
 
-use crate::FastSet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -45,6 +44,7 @@ use crate::accept::RateLimit;
 use crate::config::{Limits, Route};
 use crate::reject::Failure;
 use crate::soap::{self, Answer};
+use crate::FastSet;
 
 /// What goes back to Salesforce once the receiver's Ack is verified.
 pub const CANONICAL_ACK: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><notificationsResponse xmlns=\"http://soap.sforce.com/2005/09/outbound\"><Ack>true</Ack></notificationsResponse></soapenv:Body></soapenv:Envelope>";

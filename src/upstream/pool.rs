@@ -10,11 +10,12 @@
 //!   sweep every [`SWEEP`], so a receiver that closes an idle connection does not leave it
 //!   half-closed here for long.
 
-use crate::FastMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use pingora_core::protocols::Stream;
+
+use crate::FastMap;
 
 /// How often idle connections past their time are dropped when no message comes.
 const SWEEP: Duration = Duration::from_secs(1);
