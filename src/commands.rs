@@ -24,7 +24,8 @@ const ANSWER_WRITE_BUFFER: usize = 512;
 
 /// tracing to stderr, text or JSON, filtered by RUST_LOG (default `info`). Lines go through
 /// a [`crate::sink::Sink`]: the request path never waits on stderr. Colour only on a terminal.
-/// Text lines are written by [`crate::logfmt`] (the default layout, at a fraction of its cost).
+/// Text lines are written by [`crate::logfmt`] (the default layout, at a fraction of its cost;
+/// on a terminal, the default formatter adds its colours).
 pub fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,7 +43,11 @@ pub fn init_logging(format: LogFormat) {
         .with_timer(crate::logfmt::Clock)
         .with_writer(sink.clone());
     let _ = match format {
-        LogFormat::Text => b.fmt_fields(crate::logfmt::Fields).try_init(),
+        LogFormat::Text if ansi => b.fmt_fields(crate::logfmt::Fields).try_init(),
+        LogFormat::Text => b
+            .fmt_fields(crate::logfmt::Fields)
+            .event_format(crate::logfmt::Plain)
+            .try_init(),
         LogFormat::Json => b.json().flatten_event(true).try_init(),
     };
 }
