@@ -291,3 +291,21 @@ pub async fn wait_for(p: &Proxy, series: &str, at_least: f64) {
         p.logs()
     );
 }
+
+/// The binary carries its allocator options (`src/main.rs`): freed blocks of up to 64 KiB stay
+/// in the thread's cache. jemalloc prints the options in effect at exit when asked to.
+#[test]
+fn the_binary_keeps_freed_blocks_of_up_to_64_kib_in_the_thread_cache() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_obmguard"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    let options: Vec<&str> = stats.lines().filter(|l| l.contains("opt.")).collect();
+    assert!(
+        options.iter().any(|l| l.trim() == "opt.tcache_max: 65536"),
+        "{options:#?}"
+    );
+}
