@@ -464,7 +464,9 @@ impl pipeline::Request for SessionRequest<'_> {
 }
 
 async fn write(s: &mut ServerSession, reply: &Reply) -> pingora_core::Result<()> {
-    let mut h = ResponseHeader::build(reply.status, Some(3))?;
+    // Room for our two headers and the two pingora adds (Date, Connection): a map sized for
+    // fewer grows twice (its headers and their case) for every answer.
+    let mut h = ResponseHeader::build(reply.status, Some(4))?;
     h.insert_header("Content-Type", "text/xml; charset=utf-8")?;
     h.insert_header(
         "Content-Length",
