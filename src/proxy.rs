@@ -477,7 +477,27 @@ async fn write(s: &mut ServerSession, reply: &Reply) -> pingora_core::Result<()>
     Ok(())
 }
 
-/// 16 random hex digits.
+/// 16 random hex digits. (`hex::encode` builds its string a char at a time.)
 fn new_request_id() -> String {
-    hex::encode(rand::random::<u64>().to_be_bytes())
+    let mut digits = [0u8; 16];
+    // 8 bytes always fit 16 digits, which are always ASCII.
+    let _ = hex::encode_to_slice(rand::random::<u64>().to_be_bytes(), &mut digits);
+    String::from_utf8_lossy(&digits).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_16_lowercase_hex_digits_and_differ() {
+        let ids: Vec<String> = (0..64).map(|_| super::new_request_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 16, "{id}");
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 }

@@ -176,7 +176,9 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Message, XmlError> {
     let mut p = Parser {
         limits: *limits,
         stack: Vec::with_capacity(16),
-        text: String::new(),
+        // Holds one field's text at a time: room for an id or a Salesforce URL, so it is
+        // allocated once, not grown from id to URL.
+        text: String::with_capacity(128),
         leaf_after: 0,
         session_value: false,
         session_nil: false,
