@@ -11,7 +11,7 @@
 //! `Debug` does, and any other value (a `%display` field, an error, the message) has its
 //! control characters escaped, so no value can start a line of its own or drive a terminal.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -168,16 +168,44 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fields;
 
+thread_local! {
+    /// Where [`Fields`] assembles a set of fields before handing it over in one write: a span's
+    /// fields go into a new string of their own, which grew three times on the way to holding
+    /// `request_id=...` when written piece by piece.
+    static ASSEMBLY: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Longest assembly kept for the next set of fields (a longer one is freed after use).
+const ASSEMBLY_KEEP: usize = 4096;
+
 impl<'w> FormatFields<'w> for Fields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut line = Line {
-            out: writer,
-            first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut line);
-        line.result
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let assembled = ASSEMBLY.try_with(|cell| {
+            // Busy when a value's own formatting logs: that set is written directly.
+            let mut buf = cell.try_borrow_mut().ok()?;
+            buf.clear();
+            let result =
+                record(Writer::new(&mut *buf), &fields).and_then(|()| writer.write_str(&buf));
+            if buf.capacity() > ASSEMBLY_KEEP {
+                *buf = String::new();
+            }
+            Some(result)
+        });
+        match assembled {
+            Ok(Some(result)) => result,
+            _ => record(writer, &fields),
+        }
     }
+}
+
+fn record<R: RecordFields>(out: Writer<'_>, fields: &R) -> fmt::Result {
+    let mut line = Line {
+        out,
+        first: true,
+        result: Ok(()),
+    };
+    fields.record(&mut line);
+    line.result
 }
 
 struct Line<'w> {
@@ -466,6 +494,28 @@ mod tests {
                  pingora_core::server: from the log crate\n"
             ),
             "{plain}"
+        );
+    }
+
+    #[test]
+    fn a_value_that_logs_while_it_is_written_keeps_its_line_whole() {
+        struct Chatty;
+        impl fmt::Display for Chatty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                tracing::info!(inner = 1u64, "nested");
+                f.write_str("chatty")
+            }
+        }
+        let text = lines(|| {
+            let span = tracing::info_span!("request", id = %Chatty);
+            let _in = span.enter();
+            tracing::info!(value = %Chatty, "outer");
+        });
+        // (tracing drops an event raised inside the subscriber, so `nested` is not written.)
+        let line = text.lines().find(|l| l.contains("outer")).unwrap();
+        assert!(
+            line.ends_with(" INFO request{id=chatty}: obmguard::logfmt::tests: outer value=chatty"),
+            "{text}"
         );
     }
 
