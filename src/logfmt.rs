@@ -363,6 +363,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tracing_subscriber::fmt::format::{Format, Full};
+    use tracing_subscriber::Registry;
 
     #[test]
     fn timestamps_are_rfc3339_utc_and_follow_the_clock_across_seconds() {
@@ -384,13 +386,27 @@ mod tests {
 
     /// The lines a subscriber with [`Fields`] writes while `f` runs.
     fn lines(f: impl FnOnce()) -> String {
-        let buf = LogBuffer::default();
-        let out = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(Fields)
+        capture(default_layout(), f)
+    }
+
+    /// tracing-subscriber's default layout without colour, with our fields and clock.
+    fn default_layout() -> Format<Full, Clock> {
+        tracing_subscriber::fmt::format()
             .with_timer(Clock)
             .with_ansi(false)
-            .with_writer(out)
+    }
+
+    /// What `f` logs, at every level, through `layout` and [`Fields`].
+    fn capture<E>(layout: E, f: impl FnOnce()) -> String
+    where
+        E: FormatEvent<Registry, Fields> + Send + Sync + 'static,
+    {
+        let buf = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(Fields)
+            .event_format(layout)
+            .with_max_level(Level::TRACE)
+            .with_writer(buf.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, f);
         buf.text()
@@ -433,23 +449,8 @@ mod tests {
     /// What `f` logs through the default layout without colour, and through [`Plain`], with
     /// the timestamps (the only part that differs between two runs) cut off each line.
     fn both_layouts(f: impl Fn()) -> (String, String) {
-        let default = LogBuffer::default();
-        let plain = LogBuffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(Fields)
-            .with_timer(Clock)
-            .with_ansi(false)
-            .with_max_level(Level::TRACE)
-            .with_writer(default.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, &f);
-        let subscriber = tracing_subscriber::fmt()
-            .fmt_fields(Fields)
-            .event_format(Plain)
-            .with_max_level(Level::TRACE)
-            .with_writer(plain.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, &f);
+        let default = capture(default_layout(), &f);
+        let plain = capture(Plain, &f);
         let untimed = |text: String| -> String {
             text.lines()
                 .map(|l| {
@@ -459,7 +460,7 @@ mod tests {
                 })
                 .collect()
         };
-        (untimed(default.text()), untimed(plain.text()))
+        (untimed(default), untimed(plain))
     }
 
     #[test]
