@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::accept::RateLimit;
 use crate::sink::Sink;
 
+mod json;
+
 /// What the message's `SessionId` element held (as received, before any rewrite).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -187,7 +189,7 @@ impl AuditLog {
     fn queue(&self, rec: &AuditRecord<'_>) -> Result<(), AuditError> {
         // A record is 600 to 900 bytes: one allocation, not four growths.
         let mut line = Vec::with_capacity(1024);
-        serde_json::to_writer(&mut line, rec)?;
+        json::write(&mut line, rec)?;
         line.push(b'\n');
         if self.sink.push(&line) {
             Ok(())
@@ -272,6 +274,54 @@ mod tests {
         let back: AuditRecord = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(back, record("r2"));
         assert!(lines[0].contains(r#""session_id":"value""#));
+    }
+
+    /// The record writer's bytes are serde_json's, for every field set and unset, and for
+    /// values that need escaping or are not finite.
+    #[test]
+    fn records_are_written_as_serde_json_writes_them() {
+        let mut full = record("r1");
+        full.vpce_id = Some("vpce-0123456789abcdef0".into());
+        full.reason = Some("upstream_status".into());
+        full.message_id = Some(-42);
+        full.attempt = Some(3);
+        full.notification_ids = vec!["a".into(), "b".into(), "".into()];
+        let mut bare = record("r2");
+        bare.client_cert_sha256 = None;
+        bare.client_cert_subject = None;
+        bare.organization_id = None;
+        bare.action_id = None;
+        bare.notification_ids = vec![];
+        bare.sobject_types = vec![];
+        bare.session_id = SessionIdSeen::Unknown;
+        bare.session_action = None;
+        bare.mode = None;
+        bare.upstream_status = None;
+        bare.ack = None;
+        bare.upstream_ms = None;
+        let mut hostile = record("\"quoted\" \\ back\nslash\u{0}\u{1f}\u{7f} é \u{2028} 😀");
+        hostile.client_cert_subject = Some("CN=\"},\"forged\":true,{\"".into());
+        hostile.duration_ms = f64::NAN;
+        hostile.upstream_ms = Some(f64::INFINITY);
+        hostile.ack = Some(false);
+        for (i, rec) in [full, bare, hostile].iter().enumerate() {
+            let mut ours = Vec::new();
+            json::write(&mut ours, rec).unwrap();
+            let theirs = serde_json::to_vec(rec).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "record {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_record_writer_refuses_anything_but_a_struct() {
+        let mut out = Vec::new();
+        assert!(json::write(&mut out, &"a string").is_err());
+        assert!(json::write(&mut out, &vec![1, 2]).is_err());
+        assert!(json::write(&mut out, &Some(1)).is_err());
     }
 
     #[test]
