@@ -185,8 +185,7 @@ impl<'w> FormatFields<'w> for Fields {
             // raised inside the subscriber, so it should not): that set is written directly.
             let mut buf = cell.try_borrow_mut().ok()?;
             buf.clear();
-            let result =
-                record(Writer::new(&mut *buf), &fields).and_then(|()| writer.write_str(&buf));
+            let result = record(&mut buf, &fields).and_then(|()| writer.write_str(&buf));
             if buf.capacity() > ASSEMBLY_KEEP {
                 *buf = String::new();
             }
@@ -194,12 +193,17 @@ impl<'w> FormatFields<'w> for Fields {
         });
         match assembled {
             Ok(Some(result)) => result,
-            _ => record(writer, &fields),
+            _ => {
+                let mut own = String::new();
+                record(&mut own, &fields)?;
+                writer.write_str(&own)
+            }
         }
     }
 }
 
-fn record<R: RecordFields>(out: Writer<'_>, fields: &R) -> fmt::Result {
+/// The fields, written straight into a string (not through `Writer`'s dynamic calls).
+fn record<R: RecordFields>(out: &mut String, fields: &R) -> fmt::Result {
     let mut line = Line {
         out,
         first: true,
@@ -210,14 +214,14 @@ fn record<R: RecordFields>(out: Writer<'_>, fields: &R) -> fmt::Result {
 }
 
 struct Line<'w> {
-    out: Writer<'w>,
+    out: &'w mut String,
     first: bool,
     result: fmt::Result,
 }
 
 impl Line<'_> {
     /// Write one field: its separator, `name=` unless it is the message, then the value.
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn field(&mut self, field: &Field, value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
@@ -235,7 +239,7 @@ impl Line<'_> {
                     .write_str(name.strip_prefix("r#").unwrap_or(name))?;
                 self.out.write_char('=')?;
             }
-            value(&mut self.out)
+            value(self.out)
         })();
     }
 }
@@ -292,7 +296,7 @@ impl Visit for Line<'_> {
 }
 
 /// `s` in double quotes, escaped as `Debug` escapes it; plain text is written as it is.
-fn quoted(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+fn quoted(w: &mut String, s: &str) -> fmt::Result {
     if s.bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
     {
