@@ -194,9 +194,10 @@ impl Receivers {
         self.send(&mut stream, &head, &d.body, d.route)
             .await
             .map_err(Sent)?;
+        // No read or write deadline of the session's own: `deliver`'s bounds the whole
+        // exchange, and pingora's timer per read only repeated it (1.7k instructions a
+        // message with the one in `send`).
         let mut s = HttpSession::new_with_options(stream, peer);
-        s.read_timeout = Some(d.route.upstream_timeout);
-        s.write_timeout = Some(d.route.upstream_timeout);
         let verdict = self.answer(&mut s, d, report).await;
         if verdict.is_ok() && keepalive {
             s.respect_keepalive();
@@ -300,18 +301,13 @@ impl Receivers {
             }
             stream.flush().await
         };
-        match tokio::time::timeout(route.upstream_timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                if self.may_warn(&route.name) {
-                    tracing::warn!(route = %route.name, error = %e, "sending to the receiver failed");
-                }
-                Err(Failure::UpstreamUnreachable)
+        // Within `deliver`'s deadline, which bounds the whole exchange.
+        write.await.map_err(|e: std::io::Error| {
+            if self.may_warn(&route.name) {
+                tracing::warn!(route = %route.name, error = %e, "sending to the receiver failed");
             }
-            Err(_) => Err(Failure::UpstreamTimeout(
-                route.upstream_timeout.as_secs().max(1),
-            )),
-        }
+            Failure::UpstreamUnreachable
+        })
     }
 
     fn peer(&self, route: &Route, addr: SocketAddr) -> HttpPeer {
@@ -393,8 +389,8 @@ impl Receivers {
                 if self.may_warn(name) {
                     tracing::warn!(route = %name, error = %e, "{what}");
                 }
-                // The session's own read and write deadlines equal the route's, so either
-                // timer may fire first: both are the receiver being too slow.
+                // `deliver`'s deadline is the only one; a timeout here is still the receiver
+                // being too slow.
                 match e.etype() {
                     ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                         Failure::UpstreamTimeout(limit.as_secs().max(1))
