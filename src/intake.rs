@@ -72,21 +72,17 @@ pub fn check_message_head(req: &RequestHeader, max_body: usize) -> Result<(), Re
     if req.method != http::Method::POST {
         return Err(Refusal::Method);
     }
-    let ct = req
+    // The media type, before any parameter, compared without regard to case.
+    let soap = req
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
+        .map(|v| v.split_once(';').map_or(v, |(media, _)| media).trim())
+        .is_some_and(|media| {
+            media.eq_ignore_ascii_case("text/xml")
+                || media.eq_ignore_ascii_case("application/soap+xml")
         });
-    if !matches!(
-        ct.as_deref(),
-        Some("text/xml") | Some("application/soap+xml")
-    ) {
+    if !soap {
         return Err(Refusal::ContentType);
     }
     if let Some(v) = req.headers.get(http::header::CONTENT_LENGTH) {

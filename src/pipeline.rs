@@ -47,6 +47,10 @@ use crate::store::Store;
 use crate::upstream::{Delivery, Receivers, Report};
 use crate::{accept, inject, intake, policy, queue, soap};
 
+/// The request header whose value goes to the receiver as it came (`SOAPAction`), looked up
+/// by a ready name: a name given as text is parsed again on every lookup.
+static SOAPACTION: http::HeaderName = http::HeaderName::from_static("soapaction");
+
 /// The receiver, as the pipeline sees it.
 #[async_trait]
 pub trait Deliver: Send + Sync {
@@ -147,7 +151,7 @@ pub async fn run(
     intake::check_message_head(req, route.message.max_body_bytes)?;
     let soap_action = req
         .headers
-        .get("soapaction")
+        .get(&SOAPACTION)
         .map(|v| Bytes::copy_from_slice(v.as_bytes()));
     let _slot = gen
         .begin(&state, out.inflight_total)

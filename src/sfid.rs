@@ -55,7 +55,11 @@ impl SfId {
                 len: s.chars().count(),
             });
         }
-        if !bytes.iter().all(u8::is_ascii_alphanumeric) {
+        // Without an early exit, so the check runs as one vector loop.
+        if bytes
+            .iter()
+            .fold(false, |bad, b| bad | !b.is_ascii_alphanumeric())
+        {
             return Err(SfIdError::Character {
                 shown: s.to_owned(),
             });
@@ -91,12 +95,10 @@ impl SfId {
 
     fn suffix(&self) -> [u8; 3] {
         let mut out = [0u8; 3];
-        for (slot, chunk) in out.iter_mut().zip(self.0.chunks(5)) {
-            let mask = chunk
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.is_ascii_uppercase())
-                .fold(0usize, |m, (i, _)| m | 1 << i);
+        for (slot, chunk) in out.iter_mut().zip(self.0.chunks_exact(5)) {
+            let mask = chunk.iter().enumerate().fold(0usize, |m, (i, b)| {
+                m | usize::from(b.is_ascii_uppercase()) << i
+            });
             *slot = SUFFIX_ALPHABET[mask & 31];
         }
         out

@@ -439,18 +439,27 @@ impl<'i> Scanner<'i> {
             if attr.key.0.is_empty() {
                 return Err(malformed(at, "an attribute without a name"));
             }
-            if attr.value.contains('<') {
+            // One scan for both: values rarely hold either.
+            let raw = attr.value.as_bytes();
+            let special = memchr::memchr2(b'<', b'&', raw);
+            if special.is_some_and(|i| memchr::memchr(b'<', &raw[i..]).is_some()) {
                 return Err(malformed(at, "`<` in an attribute value"));
             }
+            // `special` is now an `&`: a reference.
             if let Some(decl) = attr.key.as_namespace_binding() {
+                if special.is_some() {
+                    return Err(XmlError::ReferenceInNamespace { at });
+                }
                 self.bind(decl, &attr.value, at)?;
                 continue;
             }
-            if attr.value.contains('&') {
+            if special.is_some() {
                 check_references(&attr.value, at)?;
             }
-            match attr.key.0.split_once(':') {
-                Some((_, "")) => {
+            // A byte loop, as for element names.
+            let key = attr.key.0;
+            match key.bytes().position(|b| b == b':') {
+                Some(colon) if colon + 1 == key.len() => {
                     return Err(malformed(at, "an attribute name with an empty local part"))
                 }
                 Some(_) => {
@@ -485,7 +494,8 @@ impl<'i> Scanner<'i> {
             .ok_or_else(|| malformed(at, "a name or value the tokenizer did not borrow"))
     }
 
-    /// Bring one namespace declaration into scope, refusing what Namespaces in XML 1.0 forbids.
+    /// Bring one namespace declaration into scope, refusing what Namespaces in XML 1.0 forbids
+    /// (the caller has refused a reference in `value`).
     fn bind(
         &mut self,
         decl: PrefixDeclaration<'_>,
@@ -494,9 +504,6 @@ impl<'i> Scanner<'i> {
     ) -> Result<(), XmlError> {
         const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
         const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
-        if value.contains('&') {
-            return Err(XmlError::ReferenceInNamespace { at });
-        }
         let bad = |detail: &str| Err(malformed(at, detail));
         let prefix = match decl {
             PrefixDeclaration::Default => "",
