@@ -1141,6 +1141,42 @@ mod tests {
         ));
     }
 
+    /// The attribute checks that share one scan of the value: a `<` anywhere (also after a
+    /// reference) is malformed, before a reference in a namespace declaration is; a prefixed
+    /// attribute name needs a local part.
+    #[test]
+    fn attribute_values_and_names_are_checked_in_one_scan() {
+        let detail = |from: &str, to: &str| match refused(&edited(from, to)) {
+            XmlError::Malformed { detail, .. } => detail,
+            other => panic!("{to}: {other:?}"),
+        };
+        for to in [
+            "<sf:Id a=\"<\">",
+            "<sf:Id a=\"x&amp;y<\">",
+            "<sf:Id a=\"&amp;<&amp;\">",
+        ] {
+            assert_eq!(detail("<sf:Id>", to), "`<` in an attribute value", "{to}");
+        }
+        let ns = "xmlns=\"http://soap.sforce.com/2005/09/outbound\"";
+        assert_eq!(
+            detail(ns, "xmlns=\"http://soap.sforce.com/&amp;<\""),
+            "`<` in an attribute value"
+        );
+        assert!(matches!(
+            refused(&edited(ns, "xmlns=\"http://soap.sforce.com/&amp;\"")),
+            XmlError::ReferenceInNamespace { .. }
+        ));
+        assert_eq!(
+            detail("<sf:Id>", "<sf:Id xsi:=\"x\">"),
+            "an attribute name with an empty local part"
+        );
+        // A reference in an ordinary attribute value is checked, not refused for being one.
+        assert!(matches!(
+            refused(&edited("<sf:Id>", "<sf:Id a=\"&bogus;\">")),
+            XmlError::Entity { .. }
+        ));
+    }
+
     #[test]
     fn rejects_a_second_root_and_content_outside_the_root() {
         let text = Fixture::default().text();
