@@ -207,8 +207,14 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Message, XmlError> {
                 xsi,
                 at,
                 after,
-            } => p.open(&scanner, &tag, (ns, local), xsi, at, after)?,
-            Item::Close { at, end } => p.close(at, end)?,
+            } => {
+                p.open(&scanner, &tag, (ns, local), xsi, at, after)?;
+                scanner.skip_blank_text(p.in_element_content());
+            }
+            Item::Close { at, end } => {
+                p.close(at, end)?;
+                scanner.skip_blank_text(p.in_element_content());
+            }
             Item::Chars(at, chars) => p.chars(at, chars)?,
             Item::Eof => return Ok(p.msg),
         }
@@ -389,6 +395,13 @@ impl Parser {
             _ => {}
         }
         Ok(Ctx::Leaf(field))
+    }
+
+    /// Whether the innermost open element holds elements, not a value: there, text that is
+    /// only whitespace means nothing (`chars` ignores it), so the scanner need not produce it.
+    /// Inside a value it must, as written: `&#48; &#48;` is `0 0`, not `00`.
+    fn in_element_content(&self) -> bool {
+        matches!(self.stack.last(), Some(ctx) if !matches!(ctx, Ctx::Leaf(_)))
     }
 
     fn close(&mut self, at: usize, end: usize) -> Result<(), XmlError> {
@@ -873,6 +886,63 @@ mod tests {
         let m = ok(&f.build());
         assert_eq!(m.organization_id, "00D5e000000AbCd");
         assert_eq!(m.action_id, "04k5e000000XyZaAAK");
+    }
+
+    /// Whitespace-only text is skipped between elements, never inside a value: a receiver
+    /// reads `&#69; &#65;` as `E A`, and so must the checks (`EA` would make a valid id).
+    #[test]
+    fn whitespace_inside_a_value_is_kept_between_references_and_cdata() {
+        let body = EXAMPLE
+            .replace(
+                "<OrganizationId>00D5e000000AbCdEAK<",
+                "<OrganizationId>00D5e000000AbCd&#69; &#65;\tK<",
+            )
+            .replace(
+                "<Id>04l5e00000AbCdEAAV<",
+                "<Id>04l5e00000AbCdE&#65;\n<![CDATA[A]]> V<",
+            )
+            .replace(
+                "<ActionId>04k5e000000XyZaAAK<",
+                "<ActionId>04k5e000000XyZaAAK \r\n<",
+            );
+        let m = ok(body.as_bytes());
+        assert_eq!(m.organization_id, "00D5e000000AbCdE A\tK");
+        assert_eq!(m.notification_ids, ["04l5e00000AbCdEA\nA V"]);
+        assert_eq!(m.action_id, "04k5e000000XyZaAAK");
+    }
+
+    /// Between elements the scanner skips whitespace-only text; an element after it is still
+    /// found where its `<` is (the rewrite cuts there), and text that is not only whitespace
+    /// is still refused, at its first character.
+    #[test]
+    fn skipped_whitespace_moves_no_position() {
+        let spaced = |ws: &str| {
+            Fixture {
+                ws: ws.into(),
+                ..Fixture::default()
+            }
+            .text()
+        };
+        let indented = spaced("\n \t\r\n");
+        let compact = spaced("");
+        for body in [&indented, &compact] {
+            let m = ok(body.as_bytes());
+            let session = m.spans.session.as_ref().expect("a SessionId element");
+            assert!(body[session.start..].starts_with("<SessionId"), "{body}");
+            assert!(body[..session.end].ends_with("</SessionId>"), "{body}");
+            assert!(body[m.spans.action.end..].starts_with(['\n', '<']));
+        }
+        let text = indented.replacen(
+            "<soapenv:Body>\n \t\r\n",
+            "<soapenv:Body>\n \t\r\nhello ",
+            1,
+        );
+        match refused(text.as_bytes()) {
+            XmlError::UnexpectedText { at, parent: "Body" } => {
+                assert_eq!(&text[at..at + 6], "hello ");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

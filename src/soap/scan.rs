@@ -217,6 +217,15 @@ impl<'i> Scanner<'i> {
             .saturating_add(self.base)
     }
 
+    /// Whether text that is only whitespace is skipped from now on (off at first); text that
+    /// holds anything else is still an item, from its first character that is not whitespace.
+    /// The caller turns it on where such text means nothing, off where it is part of a value,
+    /// and leaves it off outside the root element (whitespace before an XML declaration must
+    /// still be seen).
+    pub(crate) fn skip_blank_text(&mut self, skip: bool) {
+        self.reader.config_mut().trim_text_start = skip;
+    }
+
     /// The whole body as text.
     pub(crate) fn body(&self) -> &'i str {
         self.body
@@ -263,7 +272,15 @@ impl<'i> Scanner<'i> {
             return Ok(self.close(end, end));
         }
         loop {
-            let at = self.pos();
+            let mut at = self.pos();
+            if self.reader.config().trim_text_start {
+                // What the tokenizer is about to skip: the event starts after it.
+                let rest = self.body.as_bytes().get(at..).unwrap_or_default();
+                at += rest
+                    .iter()
+                    .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                    .count();
+            }
             let event = match self.reader.read_event() {
                 Ok(e) => e,
                 Err(e) => return Err(self.quick_xml_error(e)),
