@@ -86,6 +86,8 @@ fn an_xml_declaration_holds_only_version_encoding_and_standalone() {
         r#"<?xml version="1.0" encoding="UTF-8"?>"#,
         r#"<?xml version='1.0' encoding='utf-8' standalone="yes" ?>"#,
         r#"<?xml version = "1.0" standalone='no'?>"#,
+        // Multi-byte characters in a value: the search is by bytes, the slices by characters.
+        "<?xml version=\"1.0\" encoding='UTF-8'\tstandalone=\"\u{e9}\u{2028}\"?>",
     ] {
         // Refused further on (the envelope is empty), never for its declaration.
         let e = parse(body(ok).as_bytes(), &Limits::default()).unwrap_err();
@@ -105,6 +107,11 @@ fn an_xml_declaration_holds_only_version_encoding_and_standalone() {
         ),
         (
             r#"<?xml version="1.0 " encoding="UTF-8"?>"#,
+            XmlError::Version,
+        ),
+        // A value ends at its own quote character.
+        (
+            r#"<?xml version="1.0' encoding='UTF-8"?>"#,
             XmlError::Version,
         ),
         (
@@ -133,6 +140,11 @@ fn an_xml_declaration_holds_only_version_encoding_and_standalone() {
         r#"<?xml version="1.0"encoding="UTF-8"?>"#,
         r#"<?xml version="1.0" encoding="&lt;"?>"#,
         r#"<?xml version="1.0" standalone="yes" encoding="UTF-8"?>"#,
+        r#"<?xml version="1.0" encoding="UTF-8?>"#,
+        r#"<?xml version=1.0?>"#,
+        r#"<?xml version "1.0"?>"#,
+        r#"<?xml version="1.0<" ?>"#,
+        "<?xml version=\"1.0\" standalone=\"\u{e9}&amp;\"?>",
     ] {
         assert!(
             matches!(

@@ -620,12 +620,17 @@ fn declaration(raw: &str) -> Option<Declared<'_>> {
         if trimmed.len() == rest.len() || n == pairs.len() {
             return None;
         }
-        let (name, after) = trimmed.split_once('=')?;
-        let after = after.trim_start_matches(WS);
-        let quote = after.chars().next().filter(|q| matches!(q, '"' | '\''))?;
-        let len = after[1..].find(quote)?;
+        // Byte searches: every delimiter here is ASCII, so each index is a character boundary
+        // (and `str`'s searchers cost more than these short strings).
+        let eq = memchr::memchr(b'=', trimmed.as_bytes())?;
+        let (name, after) = (&trimmed[..eq], trimmed[eq + 1..].trim_start_matches(WS));
+        let quote = *after
+            .as_bytes()
+            .first()
+            .filter(|q| matches!(q, b'"' | b'\''))?;
+        let len = memchr::memchr(quote, &after.as_bytes()[1..])?;
         let value = &after[1..1 + len];
-        if value.contains(['<', '&']) {
+        if memchr::memchr2(b'<', b'&', value.as_bytes()).is_some() {
             return None;
         }
         pairs[n] = (name.trim_end_matches(WS), value);
