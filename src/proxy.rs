@@ -204,7 +204,7 @@ impl Listener {
                 .tls
                 .handshake(l4, t.tls_handshake.saturating_sub(started.elapsed())),
         );
-        let (tls, identity, tls13) = match handshake.await {
+        let (tls, identity) = match handshake.await {
             Ok(ok) => ok,
             Err(f) => {
                 rt.metrics.tls_failure(&self.name, f.kind());
@@ -219,7 +219,7 @@ impl Listener {
         // In TLS 1.3 all rustls wrote after the client's Finished is session tickets, which
         // nothing waits for: they leave with the first answer. A TLS 1.2 server's Finished
         // comes last, and the client waits for it: it goes when the connection first waits.
-        if tls13 {
+        if crate::tls::is_tls13(&tls) {
             writes.carry();
         } else {
             writes.pass();

@@ -453,14 +453,11 @@ impl TlsStage {
     }
 
     /// Complete the handshake within `limit`, and parse the verified client certificate.
-    /// Also says whether TLS 1.3 was negotiated (worked out here, in the handshake's own
-    /// future: a borrow of the stream in the connection's loop would keep room for all of it
-    /// in every idle connection's task).
     pub async fn handshake(
         &self,
         l4: Coalescing<L4Stream>,
         limit: Duration,
-    ) -> Result<Handshaken, HandshakeFailure> {
+    ) -> Result<(TlsStream<Coalescing<L4Stream>>, Arc<PeerIdentity>), HandshakeFailure> {
         let tls = match tokio::time::timeout(
             limit,
             pingora_core::protocols::tls::server::handshake(&self.acceptor, l4),
@@ -479,16 +476,12 @@ impl TlsStage {
         // The verifier already parsed this certificate (and `shared` remembers it); failure
         // here would be a bug, and is still a refusal rather than a panic.
         let id = PeerIdentity::shared(der).map_err(|_| HandshakeFailure::BadClientCert)?;
-        let tls13 = is_tls13(&tls);
-        Ok((tls, id, tls13))
+        Ok((tls, id))
     }
 }
 
-/// A completed handshake: the stream, the client's identity, and whether it is TLS 1.3.
-pub type Handshaken = (TlsStream<Coalescing<L4Stream>>, Arc<PeerIdentity>, bool);
-
 /// Whether a completed handshake negotiated TLS 1.3.
-fn is_tls13<S>(tls: &TlsStream<S>) -> bool {
+pub fn is_tls13<S>(tls: &TlsStream<S>) -> bool {
     use pingora_core::protocols::Ssl;
     tls.get_ssl().and_then(|s| s.version()) == rustls::ProtocolVersion::TLSv1_3.as_str()
 }
