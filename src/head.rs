@@ -30,7 +30,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::protocols::Shutdown;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, SocketDigest, TimingDigest,
+};
+use pingora_core::protocols::{Peek, Shutdown, Ssl, UniqueID, UniqueIDType, ALPN};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -242,7 +246,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadLimited<S> {
 impl<S: AsyncWrite + Unpin> HeadLimited<S> {
     /// Pass the gathered bytes to `inner`, then let the buffer go.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        poll_write_out(&mut self.inner, &mut self.gathered, cx)
+        while !self.gathered.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.gathered))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.gathered.drain(..n);
+        }
+        self.gathered = Vec::new();
+        Poll::Ready(Ok(()))
     }
 
     /// Take `buf` into the gathered bytes, if it fits.
@@ -295,94 +307,42 @@ impl<S: Shutdown + AsyncWrite + Unpin + Send> Shutdown for HeadLimited<S> {
     }
 }
 
-/// Write all of `buf` to `w` (what was taken is removed, so a pending write resumes where it
-/// stopped), then let the buffer go: a wrapper's idle stream holds none.
-pub(crate) fn poll_write_out<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    buf: &mut Vec<u8>,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<()>> {
-    while !buf.is_empty() {
-        let n = ready!(Pin::new(&mut *w).poll_write(cx, buf))?;
-        if n == 0 {
-            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-        }
-        buf.drain(..n);
+impl<S: UniqueID> UniqueID for HeadLimited<S> {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
     }
-    *buf = Vec::new();
-    Poll::Ready(Ok(()))
 }
 
-/// pingora's stream traits for a wrapper whose `inner` is the stream it wraps: identity,
-/// TLS and socket facts are the inner stream's. (`Shutdown` is each wrapper's own: it lets go
-/// of what the wrapper holds first.)
-macro_rules! pass_stream_traits {
-    ($ty:ident where S: $($bound:tt)+) => {
-        impl<S: pingora_core::protocols::UniqueID> pingora_core::protocols::UniqueID for $ty<S>
-        where
-            S: $($bound)+
-        {
-            fn id(&self) -> pingora_core::protocols::UniqueIDType {
-                self.inner.id()
-            }
-        }
+impl<S: Ssl> Ssl for HeadLimited<S> {
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
 
-        impl<S: pingora_core::protocols::Ssl> pingora_core::protocols::Ssl for $ty<S>
-        where
-            S: $($bound)+
-        {
-            fn get_ssl_digest(
-                &self,
-            ) -> Option<std::sync::Arc<pingora_core::protocols::tls::SslDigest>> {
-                self.inner.get_ssl_digest()
-            }
-
-            fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
-                self.inner.selected_alpn_proto()
-            }
-        }
-
-        impl<S: pingora_core::protocols::GetTimingDigest> pingora_core::protocols::GetTimingDigest
-            for $ty<S>
-        where
-            S: $($bound)+
-        {
-            fn get_timing_digest(&self) -> Vec<Option<pingora_core::protocols::TimingDigest>> {
-                self.inner.get_timing_digest()
-            }
-        }
-
-        impl<S: pingora_core::protocols::GetProxyDigest> pingora_core::protocols::GetProxyDigest
-            for $ty<S>
-        where
-            S: $($bound)+
-        {
-            fn get_proxy_digest(
-                &self,
-            ) -> Option<std::sync::Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
-                self.inner.get_proxy_digest()
-            }
-        }
-
-        impl<S: pingora_core::protocols::GetSocketDigest> pingora_core::protocols::GetSocketDigest
-            for $ty<S>
-        where
-            S: $($bound)+
-        {
-            fn get_socket_digest(
-                &self,
-            ) -> Option<std::sync::Arc<pingora_core::protocols::SocketDigest>> {
-                self.inner.get_socket_digest()
-            }
-        }
-
-        #[async_trait::async_trait]
-        impl<S: Send> pingora_core::protocols::Peek for $ty<S> where S: $($bound)+ {}
-    };
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
 }
-pub(crate) use pass_stream_traits;
 
-pass_stream_traits!(HeadLimited where S: Sized);
+impl<S: GetTimingDigest> GetTimingDigest for HeadLimited<S> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl<S: GetProxyDigest> GetProxyDigest for HeadLimited<S> {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl<S: GetSocketDigest> GetSocketDigest for HeadLimited<S> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl<S: Send> Peek for HeadLimited<S> {}
 
 #[cfg(test)]
 mod tests {

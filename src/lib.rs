@@ -9,7 +9,6 @@ pub mod admin;
 pub mod audit;
 pub mod certs;
 pub mod cli;
-pub mod coalesce;
 pub mod commands;
 pub mod config;
 pub mod delivery;

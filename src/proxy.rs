@@ -7,10 +7,7 @@
 //!                                           header, own timeout; its client is source-checked
 //!             accept::ConnectionCaps        per listener / per source (client) address
 //!             proxy_protocol::opens_with_header   any other PROXY header: refused
-//!             tls::TlsStage::handshake      rustls, client certificate required, own timeout,
-//!                                           over coalesce::Coalescing (writes held: tickets
-//!                                           with the first answer, a last answer with
-//!                                           close_notify)
+//!             tls::TlsStage::handshake      rustls, client certificate required, own timeout
 //! request     intake::check_framing         CL+TE, header limits
 //!             route by exact path           404
 //!             accept::client_ip + route ranges, identity::IdentityRule      403
@@ -47,7 +44,6 @@ use crate::accept::{
     ConnectionCaps, Origin, RateLimit, SourceFilter, REFUSALS_LOGGED_PER_WINDOW,
     REFUSAL_LOG_WINDOW_SECS,
 };
-use crate::coalesce::{Coalescing, WriteHold};
 use crate::head::{HeadControl, HeadCutOff, HeadLimited};
 use crate::identity::PeerIdentity;
 use crate::metrics::stage;
@@ -115,9 +111,6 @@ struct Conn {
     origin: Origin,
     identity: Arc<PeerIdentity>,
     head: HeadControl,
-    /// What TLS writes is held while obmguard has more to say (the session tickets until the
-    /// first answer, a last answer until close_notify).
-    writes: WriteHold,
     opened: std::time::Instant,
 }
 
@@ -197,8 +190,6 @@ impl Listener {
                 return;
             }
         }
-        // Held from the first flight: each goes out when the handshake waits for the client.
-        let (l4, writes) = Coalescing::new(l4);
         let handshake = Box::pin(
             in_force
                 .tls
@@ -216,20 +207,11 @@ impl Listener {
             }
         };
         drop(in_force);
-        // In TLS 1.3 all rustls wrote after the client's Finished is session tickets, which
-        // nothing waits for: they leave with the first answer. A TLS 1.2 server's Finished
-        // comes last, and the client waits for it: it goes when the connection first waits.
-        if crate::tls::is_tls13(&tls) {
-            writes.carry();
-        } else {
-            writes.pass();
-        }
         let (tls, head) = HeadLimited::new(tls);
         let conn = Conn {
             origin,
             identity,
             head,
-            writes,
             opened: std::time::Instant::now(),
         };
         let mut stream: Stream = Box::new(tls);
@@ -300,14 +282,6 @@ impl Listener {
         {
             session.set_keepalive(None);
         }
-        // An answer after which the connection closes leaves with TLS's close_notify, at
-        // `finish` (a refusal's goes at once: the client may still be sending, see below).
-        let held = session.get_keepalive().is_none() && !reply.close;
-        if held {
-            conn.writes.hold();
-        } else {
-            conn.writes.pass();
-        }
         let written = tokio::time::timeout(t.response_write, write(&mut session, &reply)).await;
         answered.record(&rt.audit, reply.status);
         match written {
@@ -325,20 +299,8 @@ impl Listener {
             let _ = tokio::time::timeout(LINGER, session.drain_request_body()).await;
         }
         let settings = HttpPersistentSettings::for_session(&session);
-        let finished = if held {
-            // A held answer is written here: bounded like any answer's write.
-            let finished = tokio::time::timeout(t.response_write, session.finish()).await;
-            if finished.is_err() {
-                rt.metrics.timeout(stage::RESPONSE_WRITE);
-            }
-            finished.ok()
-        } else {
-            Some(session.finish().await)
-        };
-        match finished {
-            Some(Ok(Some(r))) => {
-                Some(ReusedHttpStream::from_reusable_stream(r, settings).consume())
-            }
+        match session.finish().await {
+            Ok(Some(r)) => Some(ReusedHttpStream::from_reusable_stream(r, settings).consume()),
             _ => None,
         }
     }

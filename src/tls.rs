@@ -31,7 +31,6 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
-use crate::coalesce::Coalescing;
 use crate::config::{ClientTrust, Config};
 use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
@@ -455,9 +454,9 @@ impl TlsStage {
     /// Complete the handshake within `limit`, and parse the verified client certificate.
     pub async fn handshake(
         &self,
-        l4: Coalescing<L4Stream>,
+        l4: L4Stream,
         limit: Duration,
-    ) -> Result<(TlsStream<Coalescing<L4Stream>>, Arc<PeerIdentity>), HandshakeFailure> {
+    ) -> Result<(TlsStream<L4Stream>, Arc<PeerIdentity>), HandshakeFailure> {
         let tls = match tokio::time::timeout(
             limit,
             pingora_core::protocols::tls::server::handshake(&self.acceptor, l4),
@@ -478,12 +477,6 @@ impl TlsStage {
         let id = PeerIdentity::shared(der).map_err(|_| HandshakeFailure::BadClientCert)?;
         Ok((tls, id))
     }
-}
-
-/// Whether a completed handshake negotiated TLS 1.3.
-pub fn is_tls13<S>(tls: &TlsStream<S>) -> bool {
-    use pingora_core::protocols::Ssl;
-    tls.get_ssl().and_then(|s| s.version()) == rustls::ProtocolVersion::TLSv1_3.as_str()
 }
 
 #[cfg(test)]
